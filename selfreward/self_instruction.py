@@ -1,0 +1,78 @@
+"""Self-instruction creation, AIFT(M_t): new prompts, N candidates, self-judged, preference pairs.
+
+Every candidate is saved with its judgments and scores, not only the pairs built from them.
+"""
+from __future__ import annotations
+
+import random
+
+from selfreward.judging import judge
+from selfreward.prompts import (MAX_SCORE, NearDuplicateIndex, check_prompt, extract_new_prompt,
+                                self_instruct_prompt, sample_shots)
+
+
+def new_prompts(backend, seed_prompts: list[str], si_cfg, seed: int) -> list[dict]:
+    """Few-shot prompt generation with Self-Instruct filters; returns every attempt with its verdict."""
+    rng = random.Random(seed)
+    index = NearDuplicateIndex(seed_prompts, si_cfg.rouge_threshold)
+    kept: list[str] = []
+    records: list[dict] = []
+    chunk = backend.batch_size  # later rounds can show prompts kept in earlier ones
+    for round_no, start in enumerate(range(0, si_cfg.num_prompts, chunk)):
+        count = min(chunk, si_cfg.num_prompts - start)
+        fewshot = [self_instruct_prompt(sample_shots(seed_prompts, kept, si_cfg.seed_shots,
+                                                     si_cfg.generated_shots, rng)) for _ in range(count)]
+        outputs = backend.generate(fewshot, n=1, temperature=si_cfg.temperature, top_p=si_cfg.top_p,
+                                   max_new_tokens=si_cfg.max_new_tokens, seed=seed * 1000 + round_no,
+                                   desc=f"new prompts {start + count}/{si_cfg.num_prompts}",
+                                   stop_strings=["\nTask"])
+        for (completion,) in outputs:
+            text = extract_new_prompt(completion.text)
+            check = check_prompt(text, index, si_cfg.min_words, si_cfg.max_words)
+            if check.kept:
+                index.add(text)
+                kept.append(text)
+            records.append({"prompt": text, "raw": completion.text, "kept": check.kept, "reason": check.reason,
+                            "similarity": round(check.similarity, 4), "num_tokens": completion.num_tokens})
+    return records
+
+
+def candidates_and_judgments(backend, chat, prompts: list[str], cand_cfg, judge_cfg, seed: int) -> list[dict]:
+    """N sampled responses per prompt, each judged k times by the same model."""
+    outputs = backend.generate([chat.prompt(p) for p in prompts], n=cand_cfg.n,
+                               temperature=cand_cfg.temperature, top_p=cand_cfg.top_p,
+                               max_new_tokens=cand_cfg.max_new_tokens, seed=seed, desc="candidates")
+    items = [(p, c.text) for p, completions in zip(prompts, outputs) for c in completions]
+    results = iter(judge(backend, chat, items, judge_cfg, seed=seed + 1, desc="self-judging"))
+    records = []
+    for prompt, completions in zip(prompts, outputs):
+        cands = []
+        for completion in completions:
+            result = next(results)
+            cands.append({"response": completion.text, "num_tokens": completion.num_tokens,
+                          "finished": completion.finished, "score": result.score, "judge": result.to_dict()})
+        records.append({"prompt": prompt, "candidates": cands})
+    return records
+
+
+def preference_pairs(records: list[dict]) -> list[dict]:
+    """Highest-scored candidate = chosen, lowest = rejected; equal scores give no pair."""
+    pairs = []
+    for record in records:
+        scored = [c for c in record["candidates"] if c["score"] is not None and c["response"].strip()]
+        if len(scored) < 2:
+            continue
+        best = max(scored, key=lambda c: c["score"])
+        worst = min(scored, key=lambda c: c["score"])
+        if best["score"] == worst["score"] or best["response"].strip() == worst["response"].strip():
+            continue  # a tie, or the same text twice, teaches nothing
+        pairs.append({"prompt": record["prompt"], "chosen": best["response"], "rejected": worst["response"],
+                      "chosen_score": best["score"], "rejected_score": worst["score"]})
+    return pairs
+
+
+def positive_examples(records: list[dict]) -> list[dict]:
+    """The positive-only variant: candidates whose averaged score is a perfect 5."""
+    return [{"prompt": r["prompt"], "response": c["response"], "score": c["score"]}
+            for r in records for c in r["candidates"]
+            if c["score"] is not None and c["score"] >= MAX_SCORE and c["response"].strip()]

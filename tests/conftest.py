@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random model built here, and small OASST-shaped data files."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from selfreward.models import build_tiny_model, chat_format_for, load_model, load_tokenizer, stop_token_ids
+from selfreward.generation import TransformersBackend
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = [
+    "What is the capital of France? The capital of France is Paris.",
+    "How do I sort a list in Python? Use sorted(items) or items.sort().",
+    "Write a haiku about rain. Soft rain on the roof, the garden drinks slowly, grey light turns to green.",
+    "Explain photosynthesis briefly. Plants turn light, water and carbon dioxide into sugar and oxygen.",
+    "Score: 0 Score: 1 Score: 2 Score: 3 Score: 4 Score: 5 Review the response and grade it.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("tiny-model")
+    build_tiny_model(out, CORPUS, hidden=32, layers=2, vocab=400, seed=0)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_backend(tiny_model_dir):
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = load_model(tiny_model_dir, dtype="float32", device="cpu")
+    chat = chat_format_for(tokenizer)
+    return TransformersBackend(model, tokenizer, stop_token_ids(tokenizer, chat), batch_size=4), chat
+
+
+def message(mid, parent, role, text, rank=None, **extra):
+    row = {"message_id": mid, "parent_id": parent, "message_tree_id": "t", "role": role, "lang": "en",
+           "text": text, "rank": rank, "synthetic": False, "review_result": True, "deleted": False, "labels": None}
+    row.update(extra)
+    return row
+
+
+def write_mirror(root: Path, train: list[dict], validation: list[dict], alpaca: list[dict]) -> Path:
+    (root / "oasst").mkdir(parents=True)
+    (root / "eval").mkdir()
+    for split, rows in [("train", train), ("validation", validation)]:
+        (root / "oasst" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "eval" / "alpaca_eval.json").write_text(json.dumps(alpaca))
+    return root
+
+
+def shared_data_dir() -> str | None:
+    """The real data for end-to-end tests: SELFREWARD_DATA_DIR, else ../shared/data beside the repo."""
+    value = os.environ.get("SELFREWARD_DATA_DIR")
+    if value:
+        return value
+    beside = REPO.parent / "shared" / "data"
+    return str(beside) if beside.is_dir() else None

@@ -1,0 +1,75 @@
+import subprocess
+import sys
+
+import pytest
+
+from selfreward.config import ConfigError, apply_overrides, from_dict, load_config
+from conftest import REPO
+
+
+@pytest.mark.parametrize("name", ["tiny", "cpu-small", "paper"])
+def test_profiles_load(name):
+    cfg = load_config(REPO / "params" / f"{name}.yaml")
+    assert cfg.name == name and cfg.candidates.n >= 2
+
+
+def test_paper_profile_has_the_papers_numbers():
+    cfg = load_config(REPO / "params" / "paper.yaml")
+    assert (cfg.data.ift_size, cfg.data.eft_source_size, cfg.judge.samples, cfg.candidates.n) == (3200, 1630, 3, 4)
+    assert (cfg.sft.learning_rate, cfg.sft.min_learning_rate, cfg.dpo.beta) == (5.5e-6, 1.1e-6, 0.1)
+    assert cfg.candidates.temperature == 0.7 and cfg.self_instruct.temperature == 0.6
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("sft:\n  lr: 1\n", "p.yaml: sft.lr: unknown key"),
+    ("colour: red\n", "p.yaml: colour: unknown key"),
+    ("sft:\n  learning_rate: fast\n", "p.yaml: sft.learning_rate: expected a number"),
+    ("candidates:\n  n: 1\n", "p.yaml: candidates.n: must be >= 2"),
+    ("judge:\n  mode: vibes\n", "p.yaml: judge.mode: expected one of sampled, constrained"),
+    ("judge:\n  samples: 2.5\n", "p.yaml: judge.samples: expected an integer"),
+    ("sft:\n  batch_size: 6\n  per_device_batch_size: 4\n", "p.yaml: sft.batch_size: must be a multiple"),
+    ("candidates:\n  top_p: 1.5\n", "p.yaml: candidates.top_p: must be in (0, 1]"),
+    ("sft: [1, 2]\n", "p.yaml: sft: expected a mapping"),
+    ("sft:\n  learning_rate: [\n", "p.yaml: not valid YAML"),
+    ("- a\n- b\n", "p.yaml: expected a mapping of sections"),
+])
+def test_bad_params_give_one_line_errors(tmp_path, yaml_text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = str(err.value)
+    assert "\n" not in text and message in text.replace(str(tmp_path) + "/", "")
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_parse_values_and_reach_nested_keys(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nsft:\n  epochs: 2\n")
+    cfg = load_config(path, ["sft.learning_rate=1e-5", "judge.mode=constrained", "iterations=3", "name=y"])
+    assert cfg.sft.learning_rate == 1e-5 and cfg.sft.epochs == 2.0
+    assert cfg.judge.mode == "constrained" and cfg.iterations == 3 and cfg.name == "y"
+    with pytest.raises(ConfigError, match="sft.bogus: unknown key"):
+        load_config(path, ["sft.bogus=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        apply_overrides({}, ["sft.learning_rate"])
+
+
+def test_section_hash_tracks_only_its_sections():
+    a, b = from_dict({}), from_dict({"dpo": {"beta": 0.2}})
+    assert a.section_hash("sft", "model") == b.section_hash("sft", "model")
+    assert a.section_hash("dpo") != b.section_hash("dpo")
+
+
+def test_cli_reports_bad_params_in_one_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("sft:\n  lr: 1\n")
+    result = subprocess.run([sys.executable, "-m", "selfreward.cli", "run", str(path), "--out", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "sft.lr: unknown key" in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing written for a rejected config

@@ -1,0 +1,78 @@
+import pytest
+
+from selfreward import data
+from selfreward.config import DataConfig
+from conftest import message, write_mirror
+
+TRAIN = [
+    message("p1", None, "prompter", "How do plants grow?"),
+    message("a1", "p1", "assistant", "With light and water.", rank=0),
+    message("a2", "p1", "assistant", "Slowly.", rank=1),
+    message("a3", "p1", "assistant", "Deleted reply", rank=2, deleted=True),
+    message("p1b", "a1", "prompter", "A follow-up turn is not a first turn"),
+    message("a4", "p1b", "assistant", "Second-turn reply", rank=0),
+    message("p2", None, "prompter", "Wie spät ist es?", lang="de"),
+    message("a5", "p2", "assistant", "Zehn Uhr.", rank=0, lang="de"),
+    message("p3", None, "prompter", "Tell me a joke."),
+    message("a6", "p3", "assistant", "Synthetic reply", rank=0, synthetic=True),
+    message("a7", "p3", "assistant", "Why did the chicken cross the road?", rank=1),
+    message("p4", None, "prompter", "Rejected in review", review_result=False),
+    message("a8", "p4", "assistant", "Reply to a rejected prompt", rank=0),
+    message("p5", None, "prompter", "Name a prime number."),
+    message("a9", "p5", "assistant", "Seven.", rank=0),
+    message("a10", "p5", "assistant", "Two.", rank=1),
+    message("a11", "p5", "assistant", "Unranked.", rank=None),
+]
+
+
+def test_first_turn_threads_apply_the_papers_filters():
+    threads = {t["prompt_id"]: t for t in data.first_turn_threads(TRAIN)}
+    assert set(threads) == {"p1", "p3", "p5"}  # German and review-rejected prompts dropped
+    assert [r["text"] for r in threads["p1"]["replies"]] == ["With light and water.", "Slowly."]
+    assert [r["text"] for r in threads["p3"]["replies"]] == ["Why did the chicken cross the road?"]
+    assert threads["p5"]["replies"][-1]["rank"] is None  # unranked replies sort last
+
+
+def test_ift_seed_takes_rank_zero_replies():
+    ift = data.ift_seed(data.first_turn_threads(TRAIN), 100, seed=0)
+    assert sorted((e["prompt"], e["response"]) for e in ift) == [
+        ("How do plants grow?", "With light and water."), ("Name a prime number.", "Seven.")]
+    assert len(data.ift_seed(data.first_turn_threads(TRAIN), 1, seed=0)) == 1
+
+
+def test_ranked_threads_need_two_ranked_replies():
+    ranked = data.ranked_threads(data.first_turn_threads(TRAIN), 0, seed=0)
+    assert sorted(t["prompt_id"] for t in ranked) == ["p1", "p5"]
+    assert all(r["rank"] is not None for t in ranked for r in t["replies"])
+
+
+def test_length_caps():
+    threads = data.first_turn_threads(TRAIN, max_prompt_chars=15, max_response_chars=200)
+    assert {t["prompt_id"] for t in threads} == {"p3"}  # the only prompt of at most 15 characters
+
+
+def test_eval_prompts_exclude_training_prompts():
+    alpaca = [{"instruction": "How do  plants GROW?", "dataset": "x", "output": "ref"},
+              {"instruction": "Write a limerick.", "dataset": "y", "output": "ref2"}]
+    rows = data.eval_prompts(alpaca, 10, seed=0, exclude={"How do plants grow?"})
+    assert rows == [{"instruction": "Write a limerick.", "dataset": "y", "reference": "ref2"}]
+
+
+def test_mirror_loading_and_missing_paths(tmp_path):
+    root = write_mirror(tmp_path / "mirror", TRAIN, TRAIN[:3], [{"instruction": "x", "output": "y"}])
+    cfg = DataConfig(local_dir=str(root))
+    assert len(data.load_oasst("train", cfg)) == len(TRAIN)
+    assert data.load_alpaca_eval(cfg)[0]["instruction"] == "x"
+    with pytest.raises(data.DataError, match="data path not found"):
+        data.local_dir(DataConfig(local_dir=str(tmp_path / "nowhere")))
+    (root / "oasst" / "validation.jsonl").unlink()
+    with pytest.raises(data.DataError, match="data file not found: .*validation.jsonl"):
+        data.load_oasst("validation", cfg)
+
+
+def test_env_variable_points_at_the_mirror(tmp_path, monkeypatch):
+    root = write_mirror(tmp_path / "m", TRAIN, TRAIN, [])
+    monkeypatch.setenv("SELFREWARD_DATA_DIR", str(root))
+    assert data.local_dir(DataConfig()) == root
+    monkeypatch.delenv("SELFREWARD_DATA_DIR")
+    assert data.local_dir(DataConfig()) is None  # then the hub

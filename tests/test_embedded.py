@@ -1,0 +1,43 @@
+"""The real embedded model: Gemma-3-270M base from the PyPI GGUF package generates and judges."""
+import pytest
+
+from selfreward import models
+from selfreward.config import JudgeConfig
+from selfreward.generation import TransformersBackend
+from selfreward.judging import judge
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    path = models.resolve(models.EMBEDDED_GEMMA)  # dequantized once into the cache (~1 min)
+    tokenizer = models.load_tokenizer(path)
+    model = models.load_model(path, dtype="bfloat16", device="cpu")
+    chat = models.chat_format_for(tokenizer)
+    return TransformersBackend(model, tokenizer, models.stop_token_ids(tokenizer, chat), batch_size=8), chat
+
+
+def test_embedded_model_is_gemma_base_with_our_chat_format(gemma):
+    backend, chat = gemma
+    assert backend.model.config.model_type == "gemma3_text" and backend.model.config.vocab_size == 262144
+    assert chat == models.CHAT_FORMATS["gemma"]
+    assert backend.stop_ids == [backend.tokenizer.eos_token_id, backend.tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+
+
+def test_embedded_model_continues_text_sensibly(gemma):
+    backend, _ = gemma
+    (completion,), = backend.generate(["The capital of France is"], temperature=0, max_new_tokens=6)
+    assert "Paris" in completion.text or "capital" in completion.text
+
+
+def test_embedded_model_generates_and_judges(gemma):
+    backend, chat = gemma
+    items = [("What is the capital of France?", "The capital of France is Paris."),
+             ("What is the capital of France?", "Bananas are yellow.")]
+    results = judge(backend, chat, items, JudgeConfig(samples=2, mode="constrained", max_new_tokens=24), seed=0)
+    for result in results:
+        assert result.failures == 0 and 0 <= result.score <= 5
+        assert all(j.text for j in result.judgments)
+        # a real pretrained model puts real probability on a digit right after "Score:"
+        assert all(j.option_mass > 0.05 for j in result.judgments)

@@ -1,0 +1,53 @@
+import torch
+
+from selfreward.judging import SCORE_OPTIONS
+
+PROMPTS = ["What is the capital of France?", "Sort a list", "Write a haiku about rain please, a long one"]
+
+
+def test_greedy_batched_generation_matches_unpadded_generate(tiny_backend):
+    backend, chat = tiny_backend
+    prompts = [chat.prompt(p) for p in PROMPTS]
+    batched = backend.generate(prompts, n=1, temperature=0, max_new_tokens=12)
+    for prompt, (completion,) in zip(prompts, batched):
+        ids = backend.tokenizer(prompt, return_tensors="pt").input_ids
+        reference = backend.model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=backend.stop_ids,
+                                           pad_token_id=backend.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+        expected = backend._completion(reference)
+        assert completion == expected
+
+
+def test_sampling_returns_n_completions_per_prompt_and_is_seeded(tiny_backend):
+    backend, chat = tiny_backend
+    prompts = [chat.prompt(p) for p in PROMPTS]
+    first = backend.generate(prompts, n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=7)
+    again = backend.generate(prompts, n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=7)
+    other = backend.generate(prompts, n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=8)
+    assert [len(c) for c in first] == [3, 3, 3]
+    assert first == again and first != other
+    for completions in first:
+        for c in completions:
+            assert 1 <= c.num_tokens <= 8 and (c.finished or c.num_tokens == 8)
+
+
+def test_completion_stops_at_end_of_turn(tiny_backend):
+    backend, _ = tiny_backend
+    tok = backend.tokenizer
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+    words = tok("hello world", add_special_tokens=False).input_ids
+    completion = backend._completion(words + [eot] + words)
+    assert completion.finished and completion.text == "hello world" and completion.num_tokens == len(words) + 1
+    assert not backend._completion(words).finished
+
+
+def test_option_probs_match_a_plain_forward_pass(tiny_backend):
+    backend, chat = tiny_backend
+    prefixes = [chat.prompt(p) + "Some reasoning.\nScore:" for p in PROMPTS]
+    results = backend.option_probs(prefixes, SCORE_OPTIONS)
+    for prefix, (probs, mass) in zip(prefixes, results):
+        common, option_ids = backend.option_token_ids(prefix, SCORE_OPTIONS)
+        with torch.no_grad():
+            logits = backend.model(torch.tensor([common])).logits[0, -1].float()
+        expected = logits.softmax(-1)[option_ids]
+        assert torch.allclose(torch.tensor(probs), expected / expected.sum(), atol=1e-5)
+        assert abs(mass - float(expected.sum())) < 1e-5 and abs(sum(probs) - 1) < 1e-5
