@@ -11,15 +11,19 @@ import random
 from pathlib import Path
 
 
+# A mirror kept beside the checkout (as in this project's workplace) is used when present.
+MIRROR_BESIDE_CHECKOUT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
 class DataError(ValueError):
     """Data that cannot be found or leaves nothing usable; the message is one line."""
 
 
 def local_dir(data_cfg) -> Path | None:
-    """The configured mirror, else SELFREWARD_DATA_DIR, else None (read the hub)."""
+    """data.local_dir, else SELFREWARD_DATA_DIR, else ../shared/data beside the checkout, else None (the hub)."""
     value = data_cfg.local_dir or os.environ.get("SELFREWARD_DATA_DIR")
     if not value:
-        return None
+        return MIRROR_BESIDE_CHECKOUT if (MIRROR_BESIDE_CHECKOUT / "oasst").is_dir() else None
     path = Path(value).expanduser()
     if not path.is_dir():
         raise DataError(f"data path not found: {path}")

@@ -70,9 +70,14 @@ def test_mirror_loading_and_missing_paths(tmp_path):
         data.load_oasst("validation", cfg)
 
 
-def test_env_variable_points_at_the_mirror(tmp_path, monkeypatch):
+def test_source_order_params_then_env_then_mirror_beside_checkout_then_hub(tmp_path, monkeypatch):
     root = write_mirror(tmp_path / "m", TRAIN, TRAIN, [])
+    other = write_mirror(tmp_path / "o", TRAIN, TRAIN, [])
     monkeypatch.setenv("SELFREWARD_DATA_DIR", str(root))
     assert data.local_dir(DataConfig()) == root
+    assert data.local_dir(DataConfig(local_dir=str(other))) == other
     monkeypatch.delenv("SELFREWARD_DATA_DIR")
+    monkeypatch.setattr(data, "MIRROR_BESIDE_CHECKOUT", other)
+    assert data.local_dir(DataConfig()) == other
+    monkeypatch.setattr(data, "MIRROR_BESIDE_CHECKOUT", tmp_path / "absent")
     assert data.local_dir(DataConfig()) is None  # then the hub
