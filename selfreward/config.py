@@ -165,6 +165,33 @@ class DPOConfig(TrainConfig):
 
 
 @dataclass
+class EvaluationConfig:
+    enabled: bool = True
+    # head-to-head judge: "base" (M0), a run model (sft_baseline, m1, ...), any model spec, or "endpoint"
+    judge: str = "base"
+    judge_mode: Literal["sampled", "constrained"] = "constrained"
+    endpoint_base_url: Optional[str] = None  # an OpenAI-compatible API, e.g. https://api.openai.com/v1
+    endpoint_model: Optional[str] = None
+    endpoint_api_key_env: str = "OPENAI_API_KEY"  # the key itself is never written anywhere
+    temperature: float = 0.7  # sampling of the evaluated responses
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    reference: bool = True  # also judge each model against AlpacaEval's GPT-4 outputs
+    rm_samples: int = 3  # judgments per reply when the models act as reward models
+    rm_prompts: int = 0  # validation prompts judged by each model; 0 = the whole reward-model eval set
+    judge_prompt_ablation: bool = True  # SFT baseline as judge: additive vs multiple-choice prompt
+    bootstrap_samples: int = 1000
+
+    def validate(self, key):
+        _positive(self, key, "max_new_tokens", "rm_samples", "bootstrap_samples")
+        _check(self.rm_prompts >= 0, f"{key}.rm_prompts", "must be >= 0")
+        _sampling(self, key)
+        if self.judge == "endpoint":
+            _check(bool(self.endpoint_base_url and self.endpoint_model), f"{key}.judge",
+                   "endpoint needs endpoint_base_url and endpoint_model")
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -178,6 +205,7 @@ class Config:
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
     sft: TrainConfig = field(default_factory=TrainConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def validate(self, key=""):
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")

@@ -39,6 +39,7 @@ class Stage:
     notebook: str
     sections: tuple[str, ...]  # the config sections this stage reads
     iteration: int = 0
+    always: bool = False  # cheap stages that render reports re-run every time
 
 
 def plan(cfg: Config) -> list[Stage]:
@@ -51,6 +52,10 @@ def plan(cfg: Config) -> list[Stage]:
     iteration_sections = ("self_instruct", "candidates", "judge", "dpo", "generation")
     stages += [Stage(f"iteration_{t}", "05_self_reward.ipynb", iteration_sections, t)
                for t in range(1, cfg.iterations + 1)]
+    if cfg.evaluation.enabled:
+        stages += [Stage("evaluation", "06_evaluation.ipynb", ("evaluation",)),
+                   Stage("reward_model", "07_reward_model.ipynb", ("evaluation", "judge")),
+                   Stage("results", "08_results.ipynb", (), always=True)]
     return stages
 
 
@@ -115,8 +120,8 @@ def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overr
         entry = manifest["stages"][stage.name]
         executed = run_dir / "notebooks" / f"{number:02d}_{stage.name}.ipynb"
         result_file = run_dir / "stages" / f"{stage.name}.json"
-        if (not upstream_ran and entry.get("status") == "done" and entry.get("fingerprint") == prints[stage.name]
-                and result_file.is_file() and executed.is_file()):
+        if (not upstream_ran and not stage.always and entry.get("status") == "done"
+                and entry.get("fingerprint") == prints[stage.name] and result_file.is_file() and executed.is_file()):
             log(f"[{stage.name}] unchanged, skipped")
             continue
         upstream_ran = True
@@ -147,7 +152,8 @@ def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overr
             raise PipelineError(f"stage {stage.name} stopped: {message.splitlines()[0]} "
                                 f"(details: {failed})") from None
         os.replace(scratch, executed)
-        entry.update(status="done", counts=read_json(result_file), duration_s=round(time.time() - started, 1),
+        counts = read_json(result_file) if result_file.is_file() else {}  # report stages count nothing
+        entry.update(status="done", counts=counts, duration_s=round(time.time() - started, 1),
                      finished=_now())
         write_json(manifest_path, manifest)
         log(f"[{stage.name}] done in {entry['duration_s']} s: {json.dumps(entry['counts'])}")

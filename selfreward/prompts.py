@@ -239,3 +239,39 @@ def check_prompt(text: str, index: NearDuplicateIndex, min_words: int, max_words
     if similarity >= index.threshold:
         return PromptCheck(False, "near_duplicate", similarity)
     return PromptCheck(True, "kept", similarity)
+
+
+# ---------------------------------------------------------------- pairwise (head-to-head) judging
+
+PAIRWISE_JUDGE = """\
+You are comparing two responses that AI assistants wrote for the same user instruction. Decide \
+which response follows the instruction better: more helpful, accurate, relevant and complete. \
+The order in which they appear and their length are not reasons to prefer one.
+
+Instruction:
+{instruction}
+
+Output (a):
+{output_a}
+
+Output (b):
+{output_b}
+
+Which output is better? Answer with exactly "Output (a)" or "Output (b)".
+"""
+PAIRWISE_PREFIX = "Output ("  # constrained verdicts: read P(a) vs P(b) after this
+_VERDICT = re.compile(r"output\s*\(\s*([ab])\s*\)", re.IGNORECASE)
+
+
+def pairwise_prompt(instruction: str, output_a: str, output_b: str) -> str:
+    return PAIRWISE_JUDGE.format(instruction=instruction.strip(), output_a=output_a.strip(),
+                                 output_b=output_b.strip())
+
+
+def parse_preference(text: str) -> str | None:
+    """'a' or 'b' from a pairwise verdict; None when absent or when both are named."""
+    found = {m.lower() for m in _VERDICT.findall(text or "")}
+    if len(found) == 1:
+        return found.pop()
+    bare = (text or "").strip().strip(".()\"' ").lower()
+    return bare if bare in ("a", "b") else None

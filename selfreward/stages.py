@@ -5,12 +5,13 @@ A stage reads its inputs from the run folder, writes its artifacts atomically, a
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from collections import Counter
 from pathlib import Path
 
-from selfreward import data, eft, models, self_instruction, training
+from selfreward import data, eft, evaluation, metrics, models, self_instruction, training
 from selfreward.config import Config, from_dict
 from selfreward.generation import TransformersBackend
 from selfreward.io import read_json, read_jsonl, write_json, write_jsonl
@@ -192,3 +193,83 @@ def _reason_counts(records: list[dict]) -> dict:
 
 def load_stage_result(run_dir, name: str) -> dict:
     return read_json(Path(run_dir) / "stages" / f"{name}.json")
+
+
+# ---------------------------------------------------------------- evaluation
+
+def run_models(cfg: Config) -> list[str]:
+    """The model sequence of a run: SFT baseline, M1, M2, ..."""
+    return ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, cfg.iterations + 1)]
+
+
+def _pairwise_judge(cfg: Config, run_dir):
+    e = cfg.evaluation
+    if e.judge == "endpoint":
+        return evaluation.EndpointPairwiseJudge(e.endpoint_base_url, e.endpoint_model, e.endpoint_api_key_env), \
+            f"endpoint:{e.endpoint_model}"
+    if e.judge == "base":
+        path, name = base_model(cfg, run_dir), f"base ({cfg.model.spec})"
+    elif e.judge in run_models(cfg):
+        path, name = str(model_dir(run_dir, e.judge)), e.judge
+    else:
+        path, name = models.resolve(e.judge), e.judge
+    backend, chat = load_backend(path, cfg)
+    return evaluation.LocalPairwiseJudge(backend, chat, e.judge_mode), f"{name}, {e.judge_mode}"
+
+
+def run_evaluation(config, run_dir) -> dict:
+    """Responses of every model to the eval prompts, then head-to-head and against the references."""
+    cfg, started, out = config_from(config), time.time(), Path(run_dir) / "eval"
+    prompts = read_jsonl(Path(run_dir) / "data" / "eval_prompts.jsonl")
+    instructions = [p["instruction"] for p in prompts]
+    responses, tokens = {}, 0
+    for name in run_models(cfg):
+        backend, chat = load_backend(str(model_dir(run_dir, name)), cfg)
+        responses[name] = evaluation.generate_responses(backend, chat, instructions, cfg.evaluation, cfg.seed,
+                                                        desc=f"responses {name}")
+        tokens += backend.tokens_generated
+        write_jsonl(out / "responses" / f"{name}.jsonl", responses[name])
+        del backend
+        gc.collect()
+    judge_, judge_name = _pairwise_judge(cfg, run_dir)
+    texts = {name: [r["response"] for r in rows] for name, rows in responses.items()}
+    comparisons = {}
+    for x, y in [c for c in evaluation.COMPARISONS if c[0] in texts and c[1] in texts]:
+        comparisons[f"{x} vs {y}"] = evaluation.head_to_head(judge_, instructions, texts[x], texts[y])
+    if cfg.evaluation.reference:
+        references = [p["reference"] for p in prompts]
+        for name in texts:
+            comparisons[f"{name} vs reference"] = evaluation.head_to_head(judge_, instructions, texts[name],
+                                                                          references)
+    write_json(out / "head_to_head.json", {"judge": judge_name, "prompts": len(prompts), "comparisons": comparisons})
+    summary = {key: f"{c['win']}/{c['tie']}/{c['loss']}" for key, c in comparisons.items()}
+    return _finish(run_dir, "evaluation", {"judge": judge_name, "eval_prompts": len(prompts),
+                                           "tokens_generated": tokens, **summary}, started)
+
+
+def run_reward_model(config, run_dir) -> dict:
+    """Every model judges the held-out OASST replies; metrics against the human ranks."""
+    cfg, started, out = config_from(config), time.time(), Path(run_dir) / "eval"
+    threads = read_jsonl(Path(run_dir) / "data" / "rm_eval.jsonl")
+    if cfg.evaluation.rm_prompts:
+        threads = data.ranked_threads(threads, cfg.evaluation.rm_prompts, cfg.seed)
+    judge_cfg = dataclasses.replace(cfg.judge, samples=cfg.evaluation.rm_samples)
+    judges = [(name, name, judge_cfg) for name in run_models(cfg)]
+    if cfg.evaluation.judge_prompt_ablation:
+        judges.append(("sft_baseline (multiple choice)", "sft_baseline",
+                       dataclasses.replace(judge_cfg, prompt="multiple_choice")))
+    table, tokens = {}, 0
+    for label, name, jcfg in judges:
+        backend, chat = load_backend(str(model_dir(run_dir, name)), cfg)
+        rows = evaluation.reward_model_scores(backend, chat, threads, jcfg, cfg.seed, desc=f"reward model {label}")
+        tokens += backend.tokens_generated
+        del backend
+        gc.collect()
+        write_jsonl(out / "reward_model" / f"{label.replace(' ', '_').strip('()')}.jsonl", rows)
+        table[label] = {"judge_prompt": jcfg.prompt, "mode": rows[0]["mode"],
+                        "metrics": metrics.bootstrap(rows, cfg.evaluation.bootstrap_samples, cfg.seed)}
+    write_json(out / "reward_model.json", {"prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
+                                           "samples": judge_cfg.samples, "models": table})
+    summary = {label: round(t["metrics"]["pairwise_accuracy"][0] or 0, 3) for label, t in table.items()}
+    return _finish(run_dir, "reward_model", {"rm_prompts": len(threads), "tokens_generated": tokens,
+                                             **{f"pairwise_accuracy {k}": v for k, v in summary.items()}}, started)

@@ -12,14 +12,16 @@ import pytest
 from conftest import REPO, shared_data_dir
 
 pytestmark = pytest.mark.slow
-STAGES = ["data", "sft_baseline", "eft", "m1", "iteration_1", "iteration_2"]
+TRAINING = ["data", "sft_baseline", "eft", "m1", "iteration_1", "iteration_2"]
+STAGES = TRAINING + ["evaluation", "reward_model", "results"]
 
 
-def run_cli(out: Path, cache: Path, *overrides: str) -> subprocess.CompletedProcess:
+def run_cli(out: Path, cache: Path, *overrides: str, book: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, SELFREWARD_CACHE=str(cache))
     if shared_data_dir():
         env["SELFREWARD_DATA_DIR"] = shared_data_dir()
     args = [sys.executable, "-m", "selfreward.cli", "run", str(REPO / "params" / "tiny.yaml"), "--out", str(out)]
+    args += ["--book", str(book)] if book else ["--no-book"]
     for item in overrides:
         args += ["--set", item]
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
@@ -27,8 +29,10 @@ def run_cli(out: Path, cache: Path, *overrides: str) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    """The whole tiny profile, ending with the book built into a copy of book/ (never the repo's)."""
     root = tmp_path_factory.mktemp("pipeline")
-    result = run_cli(root / "runs", root / "cache")
+    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("_build", "run", "_toc.yml"))
+    result = run_cli(root / "runs", root / "cache", book=root / "book")
     assert result.returncode == 0, result.stderr[-3000:]
     return root, result
 
@@ -39,12 +43,15 @@ def test_tiny_run_produces_every_model_dataset_and_manifest(tiny_run):
     manifest = json.loads((run / "manifest.json").read_text())
     assert list(manifest["stages"]) == STAGES
     for name, entry in manifest["stages"].items():
+        if name == "results":
+            continue  # a report: no config sections of its own
         assert entry["status"] == "done", name
         assert entry["duration_s"] > 0 and entry["config"] and entry["fingerprint"]
         notebook = nbformat.read(run / entry["notebook"], as_version=4)
         outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
         assert outputs and not [o for o in outputs if o.output_type == "error"]
     assert manifest["versions"]["torch"] and manifest["versions"]["trl"]
+    assert manifest["stages"]["results"]["status"] == "done"
     assert manifest["stages"]["iteration_1"]["config"]["dpo"]["beta"] == 0.1
     for model in ["sft_baseline", "m1", "m2", "m3"]:
         assert (run / "models" / model / "config.json").is_file()
@@ -66,12 +73,13 @@ def test_rerun_skips_unchanged_stages_and_reruns_changed_ones(tiny_run):
     root, _ = tiny_run
     again = run_cli(root / "runs", root / "cache")
     assert again.returncode == 0
-    assert all(f"[{name}] unchanged, skipped" in again.stdout for name in STAGES)
-    changed = run_cli(root / "runs", root / "cache", "dpo.beta=0.2", "iterations=1")
+    assert all(f"[{name}] unchanged, skipped" in again.stdout for name in STAGES if name != "results")
+    assert "[results] running" in again.stdout  # reports are always re-rendered
+    changed = run_cli(root / "runs", root / "cache", "dpo.beta=0.2", "iterations=1", "evaluation.enabled=false")
     assert changed.returncode == 0, changed.stderr[-2000:]
     assert "[m1] unchanged, skipped" in changed.stdout and "[iteration_1] running" in changed.stdout
     manifest = json.loads((root / "runs" / "tiny" / "manifest.json").read_text())
-    assert list(manifest["stages"]) == STAGES[:5]
+    assert list(manifest["stages"]) == TRAINING[:5]
     assert manifest["stages"]["iteration_1"]["config"]["dpo"]["beta"] == 0.2
 
 
@@ -90,3 +98,59 @@ def test_a_profile_without_eft_examples_stops_cleanly(tiny_run):
     assert manifest["stages"]["m1"] == {"status": "pending"}
     assert (out / "tiny" / "models" / "sft_baseline" / "config.json").is_file()  # earlier work kept
     assert (out / "tiny" / manifest["stages"]["eft"]["notebook"]).is_file()
+
+
+def test_evaluation_outputs_and_results_chapter(tiny_run):
+    root, _ = tiny_run
+    run = root / "runs" / "tiny"
+    h2h = json.loads((run / "eval" / "head_to_head.json").read_text())
+    assert list(h2h["comparisons"])[:6] == ["m1 vs sft_baseline", "m2 vs sft_baseline", "m3 vs sft_baseline",
+                                            "m2 vs m1", "m3 vs m2", "m3 vs m1"]
+    for c in h2h["comparisons"].values():
+        assert c["win"] + c["tie"] + c["loss"] == c["n"] == 16 and 0 <= c["first_slot_rate"] <= 1
+    rm = json.loads((run / "eval" / "reward_model.json").read_text())
+    assert set(rm["models"]) == {"sft_baseline", "m1", "m2", "m3", "sft_baseline (multiple choice)"}
+    for entry in rm["models"].values():
+        value, low, high = entry["metrics"]["pairwise_accuracy"]
+        assert low <= value <= high
+    notebook = nbformat.read(run / "notebooks" / "09_results.ipynb", as_version=4)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "m3 vs sft_baseline" in html and "pairwise_accuracy" in html and "positive-only examples" in html
+    figures = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(figures) == 3  # win/tie/loss bars, reward-model metrics, score histograms
+
+
+def test_book_is_built_with_every_chapter(tiny_run):
+    root, result = tiny_run
+    html = root / "book" / "_build" / "html"
+    assert f"book: {html / 'index.html'}" in result.stdout
+    pages = sorted(p.name for p in (html / "run").glob("*.html"))
+    assert pages == [f"{i:02d}_{name}.html" for i, name in enumerate(STAGES, start=1)]
+    results = (html / "run" / "09_results.html").read_text()
+    assert results.count("<table") >= 6 and results.count("<img") >= 3
+    assert "Traceback" not in results
+
+
+def test_a_real_browser_renders_the_results_page(tiny_run, tmp_path):
+    """Headless Chromium opens the built results page; the screenshot shows tables and figures."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("Chromium is needed for this test: apt-get install chromium (.ci/run does)")
+    root, _ = tiny_run
+    page = (root / "book" / "_build" / "html" / "run" / "09_results.html").as_uri()
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,5000"]
+    shot = tmp_path / "results.png"
+    subprocess.run(flags + [f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True)
+    dom = subprocess.run(flags + ["--dump-dom", page], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert dom.count("<table") >= 6 and dom.count("<img") >= 3 and "Head-to-head instruction following" in dom
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 5000)
+    # the figures' coloured bars: green (wins) and red (losses) pixels appear only if the images rendered
+    small = image.resize((320, 1250))
+    colours = set(small.getdata())
+    assert any(g > 120 and r < 110 and b < 110 for r, g, b in colours), "no green bars rendered"
+    assert len(colours) > 500

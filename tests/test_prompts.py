@@ -109,3 +109,13 @@ def test_near_duplicate_index_matches_brute_force():
 def test_check_prompt_reasons(text, reason):
     index = NearDuplicateIndex(["What is the capital city of France?"], threshold=0.7)
     assert check_prompt(text, index, min_words=3, max_words=150).reason == reason
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Output (a)", "a"), ("output (B) is better.", "b"), ("I prefer Output (b) because...", "b"),
+    ("(a)", "a"), ("b", "b"), ("Output (a) is clear but Output (b) is better", None), ("Neither", None), ("", None),
+])
+def test_parse_preference(text, expected):
+    from selfreward.prompts import parse_preference
+
+    assert parse_preference(text) == expected

@@ -1,0 +1,117 @@
+"""Evaluation: head-to-head instruction following, and each model as a reward model.
+
+Head to head (as in the paper, after AlpacaEval): a judge compares two models' responses to the
+same prompt in both orders; a model wins a prompt when the judge prefers it in both orders, loses
+when the judge prefers the other in both, and anything else (inconsistent or unreadable) is a tie.
+"""
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from dataclasses import dataclass
+
+from selfreward.judging import judge
+from selfreward.prompts import PAIRWISE_PREFIX, pairwise_prompt, parse_preference
+
+COMPARISONS = [("m1", "sft_baseline"), ("m2", "sft_baseline"), ("m3", "sft_baseline"),
+               ("m2", "m1"), ("m3", "m2"), ("m3", "m1")]
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run as configured; the message is one line."""
+
+
+def generate_responses(backend, chat, instructions: list[str], eval_cfg, seed: int, desc: str) -> list[dict]:
+    outputs = backend.generate([chat.prompt(i) for i in instructions], n=1, temperature=eval_cfg.temperature,
+                               top_p=eval_cfg.top_p, max_new_tokens=eval_cfg.max_new_tokens, seed=seed, desc=desc)
+    return [{"instruction": i, "response": c.text, "num_tokens": c.num_tokens, "finished": c.finished}
+            for i, (c,) in zip(instructions, outputs)]
+
+
+@dataclass
+class LocalPairwiseJudge:
+    """A local model as the pairwise judge: parse its verdict, or read P(a) vs P(b) (constrained)."""
+
+    backend: object
+    chat: object
+    mode: str = "constrained"
+    max_new_tokens: int = 64
+
+    def verdicts(self, triples: list[tuple[str, str, str]]) -> list[dict]:
+        prompts = [self.chat.prompt(pairwise_prompt(*t)) for t in triples]
+        if self.mode == "constrained":
+            probs = self.backend.option_probs([p + PAIRWISE_PREFIX for p in prompts], ["a", "b"])
+            return [{"verdict": "a" if p[0] >= p[1] else "b", "p_a": p[0], "text": None} for p, _ in probs]
+        outputs = self.backend.generate(prompts, n=1, temperature=0, max_new_tokens=self.max_new_tokens,
+                                        desc="pairwise verdicts")
+        return [{"verdict": parse_preference(c.text), "p_a": None, "text": c.text} for (c,) in outputs]
+
+
+@dataclass
+class EndpointPairwiseJudge:
+    """Any OpenAI-compatible chat endpoint. The key is read from the environment, never stored."""
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 120.0
+
+    def _ask(self, prompt: str) -> str:
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise EvaluationError(f"judge endpoint needs an API key in the environment variable {self.api_key_env}")
+        body = json.dumps({"model": self.model, "temperature": 0, "max_tokens": 16,
+                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        request = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": f"Bearer {key}"})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            return json.loads(response.read())["choices"][0]["message"]["content"]
+
+    def verdicts(self, triples):
+        texts = [self._ask(pairwise_prompt(*t)) for t in triples]
+        return [{"verdict": parse_preference(t), "p_a": None, "text": t} for t in texts]
+
+
+def head_to_head(judge_, instructions: list[str], responses_x: list[str], responses_y: list[str]) -> dict:
+    """Win/tie/loss of X against Y, judged in both orders; plus the judge's first-slot rate."""
+    forward = judge_.verdicts(list(zip(instructions, responses_x, responses_y)))
+    backward = judge_.verdicts(list(zip(instructions, responses_y, responses_x)))
+    outcomes = []
+    for f, b in zip(forward, backward):
+        if f["verdict"] == "a" and b["verdict"] == "b":
+            outcomes.append("win")
+        elif f["verdict"] == "b" and b["verdict"] == "a":
+            outcomes.append("loss")
+        else:
+            outcomes.append("tie")
+    verdicts = [v["verdict"] for v in forward + backward]
+    readable = [v for v in verdicts if v is not None]
+    n = len(outcomes)
+    return {
+        "n": n, "win": outcomes.count("win"), "tie": outcomes.count("tie"), "loss": outcomes.count("loss"),
+        "win_pct": 100 * outcomes.count("win") / n if n else None,
+        "tie_pct": 100 * outcomes.count("tie") / n if n else None,
+        "loss_pct": 100 * outcomes.count("loss") / n if n else None,
+        # AlpacaEval's convention: a tie counts half
+        "win_rate": 100 * (outcomes.count("win") + 0.5 * outcomes.count("tie")) / n if n else None,
+        "first_slot_rate": readable.count("a") / len(readable) if readable else None,
+        "unreadable_verdicts": len(verdicts) - len(readable),
+        "records": [{"instruction": i, "outcome": o, "forward": f, "backward": b}
+                    for i, o, f, b in zip(instructions, outcomes, forward, backward)],
+    }
+
+
+def reward_model_scores(backend, chat, threads: list[dict], judge_cfg, seed: int, desc: str) -> list[dict]:
+    """Judge every ranked reply; one row per prompt: human ranks, judge scores, judgments."""
+    items = [(t["prompt"], r["text"]) for t in threads for r in t["replies"]]
+    results = iter(judge(backend, chat, items, judge_cfg, seed=seed, desc=desc))
+    rows = []
+    for t in threads:
+        judged = [next(results) for _ in t["replies"]]
+        rows.append({"prompt_id": t["prompt_id"], "ranks": [r["rank"] for r in t["replies"]],
+                     "scores": [j.score for j in judged], "judgments": sum(len(j.judgments) for j in judged),
+                     "failures": sum(j.failures for j in judged), "mode": judged[0].mode,
+                     "results": [j.to_dict() for j in judged]})
+    return rows

@@ -1,0 +1,246 @@
+"""Tables and figures of a finished run, side by side with the paper's numbers (results chapter)."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from selfreward.io import read_json, read_jsonl
+
+# Yuan et al. (2024), GPT-4 judge, 256 prompts, both orders: win / tie / loss %
+PAPER_HEAD_TO_HEAD = {
+    "m1 vs sft_baseline": (30.5, 38.7, 30.9), "m2 vs sft_baseline": (49.2, 36.3, 14.5),
+    "m3 vs sft_baseline": (62.5, 27.7, 9.8), "m2 vs m1": (55.5, 32.8, 11.7),
+    "m3 vs m2": (47.7, 39.8, 12.5), "m3 vs m1": (68.8, 22.7, 8.6),
+}
+# OASST held-out reward modeling; correlations as fractions, the rest in %
+PAPER_REWARD_MODEL = {
+    "pairwise_accuracy": {"sft_baseline": 65.1, "m1": 78.7, "m2": 80.4, "m3": 81.7},
+    "five_best": {"sft_baseline": 39.6, "m1": 41.5, "m2": 44.3, "m3": 43.2},
+    "exact_match": {"sft_baseline": 10.1, "m1": 13.1, "m2": 14.3, "m3": 14.3},
+    "spearman": {"sft_baseline": 0.253, "m1": 0.279, "m2": 0.331, "m3": 0.349},
+    "kendall": {"sft_baseline": 0.233, "m1": 0.253, "m2": 0.315, "m3": 0.324},
+}
+PAPER_JUDGE_PROMPTS = {"additive": (65.1, 0.25, 0.23), "multiple_choice": (26.6, -0.18, -0.16)}
+PERCENT_METRICS = {"pairwise_accuracy", "five_best", "exact_match", "pair_ties", "parse_failure_rate"}
+
+
+def head_to_head_table(run_dir) -> pd.DataFrame:
+    data = read_json(Path(run_dir) / "eval" / "head_to_head.json")
+    rows = []
+    for name, c in data["comparisons"].items():
+        paper = PAPER_HEAD_TO_HEAD.get(name)
+        rows.append({"comparison": name, "win %": c["win_pct"], "tie %": c["tie_pct"], "loss %": c["loss_pct"],
+                     "win rate (ties ½) %": c["win_rate"], "judge picks first slot %": _pct(c["first_slot_rate"]),
+                     "unreadable verdicts": c["unreadable_verdicts"],
+                     "paper win/tie/loss %": "/".join(f"{v:.1f}" for v in paper) if paper else "—"})
+    return pd.DataFrame(rows).set_index("comparison").round(1)
+
+
+def _pct(value):
+    return None if value is None else 100 * value
+
+
+def _interval(metric: str, triple) -> str:
+    value, low, high = triple
+    if value is None:
+        return "—"
+    scale, digits = (100, 1) if metric in PERCENT_METRICS else (1, 3)
+    text = f"{value * scale:.{digits}f}"
+    return text if low is None else f"{text} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+
+
+REWARD_METRICS = ["pairwise_accuracy", "pair_ties", "five_best", "exact_match", "spearman", "kendall",
+                  "parse_failure_rate"]
+
+
+def reward_model_table(run_dir) -> pd.DataFrame:
+    """One row per judge, each metric with its 95% bootstrap interval (percentages where it says %)."""
+    data = read_json(Path(run_dir) / "eval" / "reward_model.json")
+    rows = []
+    for label, entry in data["models"].items():
+        row = {"judge": label, "mode": entry["mode"]}
+        for metric in REWARD_METRICS:
+            unit = " %" if metric in PERCENT_METRICS else ""
+            row[metric.replace("_", " ") + unit] = _interval(metric, entry["metrics"][metric])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("judge")
+
+
+def paper_reward_model_table() -> pd.DataFrame:
+    """The paper's reward-modeling table (Llama-2-70B, OASST held-out)."""
+    table = pd.DataFrame(PAPER_REWARD_MODEL)
+    table.columns = [c.replace("_", " ") + (" %" if c in PERCENT_METRICS else "") for c in table.columns]
+    return table.rename_axis("judge (paper)")
+
+
+def plot_win_tie_loss(run_dir):
+    """Stacked win/tie/loss bars, ours beside the paper's, as in the paper's figure."""
+    data = read_json(Path(run_dir) / "eval" / "head_to_head.json")["comparisons"]
+    names = [n for n in data if not n.endswith("reference")]
+    bars = []
+    for name in names:
+        bars.append((f"{name}\n(this run)", data[name]["win_pct"], data[name]["tie_pct"], data[name]["loss_pct"]))
+        if name in PAPER_HEAD_TO_HEAD:
+            bars.append((f"{name}\n(paper)", *PAPER_HEAD_TO_HEAD[name]))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(bars) + 1))
+    labels = [b[0] for b in bars]
+    left = [0.0] * len(bars)
+    for i, (part, colour) in enumerate([("win", "#4c9a4c"), ("tie", "#bbbbbb"), ("loss", "#c85050")]):
+        values = [b[i + 1] for b in bars]
+        ax.barh(labels, values, left=left, color=colour, label=part)
+        left = [lft + v for lft, v in zip(left, values)]
+    ax.invert_yaxis()
+    ax.set_xlabel("% of prompts")
+    ax.set_xlim(0, 100)
+    ax.legend(loc="lower right")
+    ax.set_title("Head-to-head instruction following (both orders, inconsistent = tie)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reward_model(run_dir):
+    data = read_json(Path(run_dir) / "eval" / "reward_model.json")["models"]
+    models = [m for m in data if "(" not in m]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, metric in zip(axes, ["pairwise_accuracy", "spearman"]):
+        ours = [data[m]["metrics"][metric] for m in models]
+        values = [o[0] if o[0] is not None else float("nan") for o in ours]
+        errors = [[v - (o[1] if o[1] is not None else v) for v, o in zip(values, ours)],
+                  [(o[2] if o[2] is not None else v) - v for v, o in zip(values, ours)]]
+        ax.errorbar(models, values, yerr=errors, marker="o", capsize=3, label="this run")
+        paper = PAPER_REWARD_MODEL[metric]
+        scale = 100 if metric in PERCENT_METRICS else 1
+        ax.plot([m for m in models if m in paper], [paper[m] / scale for m in models if m in paper], "s--",
+                label="paper (70B)")
+        ax.set_title(metric.replace("_", " "))
+        ax.legend()
+    fig.suptitle("The models as reward models (OASST held-out, 95% bootstrap intervals)")
+    fig.tight_layout()
+    return fig
+
+
+def score_distributions(run_dir) -> pd.DataFrame:
+    """How often each judge gives each (rounded) score on the held-out replies."""
+    folder = Path(run_dir) / "eval" / "reward_model"
+    table = {}
+    for path in sorted(folder.glob("*.jsonl")):
+        scores = [round(s) for row in read_jsonl(path) for s in row["scores"] if s is not None]
+        counts = Counter(scores)
+        table[path.stem] = {score: counts.get(score, 0) for score in range(6)}
+    return pd.DataFrame(table).T.rename_axis("judge")
+
+
+def plot_score_histograms(run_dir):
+    table = score_distributions(run_dir)
+    fig, ax = plt.subplots(figsize=(8, 3))
+    width = 0.8 / max(len(table), 1)
+    for i, (name, row) in enumerate(table.iterrows()):
+        total = max(row.sum(), 1)
+        ax.bar([s + i * width for s in range(6)], row / total * 100, width=width, label=name)
+    ax.set_xticks([s + 0.4 - width / 2 for s in range(6)], [str(s) for s in range(6)])
+    ax.set_xlabel("score (rounded)")
+    ax.set_ylabel("% of judgments")
+    ax.legend(fontsize=7)
+    ax.set_title("Score distributions on held-out replies")
+    fig.tight_layout()
+    return fig
+
+
+def response_lengths(run_dir) -> pd.DataFrame:
+    folder = Path(run_dir) / "eval" / "responses"
+    rows = []
+    for path in sorted(folder.glob("*.jsonl"), key=lambda p: (p.stem != "sft_baseline", p.stem)):
+        data = read_jsonl(path)
+        tokens = [r["num_tokens"] for r in data]
+        rows.append({"model": path.stem, "mean tokens": sum(tokens) / len(tokens),
+                     "mean characters": sum(len(r["response"]) for r in data) / len(data),
+                     "hit length limit %": 100 * sum(not r["finished"] for r in data) / len(data)})
+    return pd.DataFrame(rows).set_index("model").round(1)
+
+
+def aift_statistics(run_dir) -> pd.DataFrame:
+    rows = []
+    for folder in sorted((Path(run_dir) / "aift").glob("m*")):
+        prompts = read_jsonl(folder / "prompts.jsonl")
+        records = read_jsonl(folder / "candidates.jsonl") if (folder / "candidates.jsonl").is_file() else []
+        pairs = read_jsonl(folder / "pairs.jsonl") if (folder / "pairs.jsonl").is_file() else []
+        positives = read_jsonl(folder / "positive.jsonl") if (folder / "positive.jsonl").is_file() else []
+        scored = [[c["score"] for c in r["candidates"] if c["score"] is not None] for r in records]
+        ties = sum(1 for s in scored if len(s) >= 2 and max(s) == min(s))
+        gaps = [p["chosen_score"] - p["rejected_score"] for p in pairs]
+        rows.append({"AIFT of": folder.name, "prompts generated": len(prompts),
+                     "prompts kept": sum(p["kept"] for p in prompts), "candidates": sum(len(r["candidates"]) for r in records),
+                     "all-tied prompts": ties, "pairs": len(pairs),
+                     "mean score gap": sum(gaps) / len(gaps) if gaps else None,
+                     "mean chosen score": sum(p["chosen_score"] for p in pairs) / len(pairs) if pairs else None,
+                     "positive-only examples": len(positives)})
+    return pd.DataFrame(rows).set_index("AIFT of").round(3)
+
+
+def stage_times(run_dir) -> pd.DataFrame:
+    manifest = read_json(Path(run_dir) / "manifest.json")
+    rows = [{"stage": name, "status": e.get("status"), "minutes": round(e.get("duration_s", 0) / 60, 2),
+             "tokens generated": e.get("counts", {}).get("tokens_generated")}
+            for name, e in manifest["stages"].items()]
+    return pd.DataFrame(rows).set_index("stage")
+
+
+def judge_prompt_ablation(run_dir) -> pd.DataFrame:
+    """SFT baseline as judge with the additive vs the multiple-choice prompt (the paper's comparison)."""
+    models = read_json(Path(run_dir) / "eval" / "reward_model.json")["models"]
+    rows = []
+    for label, prompt in [("sft_baseline", "additive"), ("sft_baseline (multiple choice)", "multiple_choice")]:
+        if label not in models:
+            continue
+        m = models[label]["metrics"]
+        paper = PAPER_JUDGE_PROMPTS[prompt]
+        rows.append({"judge prompt": prompt, "pairwise accuracy %": _interval("pairwise_accuracy", m["pairwise_accuracy"]),
+                     "Spearman": _interval("spearman", m["spearman"]), "Kendall τ": _interval("kendall", m["kendall"]),
+                     "paper accuracy %": paper[0], "paper Spearman": paper[1], "paper Kendall τ": paper[2]})
+    return pd.DataFrame(rows).set_index("judge prompt")
+
+
+def run_description(run_dir) -> str:
+    manifest = read_json(Path(run_dir) / "manifest.json")
+    cfg = manifest["config"]
+    h2h = read_json(Path(run_dir) / "eval" / "head_to_head.json")
+    rm = read_json(Path(run_dir) / "eval" / "reward_model.json")
+    modes = sorted({entry["mode"] for entry in rm["models"].values()})
+    return (
+        f"**Run `{manifest['name']}`** (params `{manifest['params_file']}`), model `{cfg['model']['spec']}` "
+        f"({cfg['model']['finetune']} fine-tuning, {cfg['model']['dtype']}), on {manifest['device']}; "
+        f"{cfg['data']['ift_size']} IFT examples requested, {cfg['iterations']} self-rewarding iterations.\n\n"
+        f"Judge scoring mode during training and reward modeling: **{', '.join(modes)}**. "
+        f"Head-to-head judge: **{h2h['judge']}** on {h2h['prompts']} AlpacaEval prompts "
+        f"(the paper: GPT-4 on 256). Reward modeling: {rm['prompts']} OASST validation prompts, "
+        f"{rm['replies']} ranked replies, {rm['samples']} judgment(s) per reply.\n\n"
+        "A small model on small data is not expected to reproduce a 70B model's gains: read the numbers as "
+        "what this configuration does, and the intervals as how sure we can be of it.")
+
+
+def trend_notes(run_dir) -> str:
+    """One line per trend the paper reports, saying whether this run shows it."""
+    h2h = read_json(Path(run_dir) / "eval" / "head_to_head.json")["comparisons"]
+    lines = []
+    for name, (win, _, loss) in PAPER_HEAD_TO_HEAD.items():
+        if name not in h2h:
+            continue
+        ours = h2h[name]
+        paper_says = "wins more than it loses" if win > loss else "roughly ties"
+        ours_says = ("wins more than it loses" if ours["win"] > ours["loss"] else
+                     "loses more than it wins" if ours["loss"] > ours["win"] else "ties")
+        verdict = "agrees" if (ours["win"] > ours["loss"]) == (win > loss + 5) else "differs"
+        lines.append(f"- **{name}**: paper {paper_says} ({win:.1f}/{loss:.1f}); this run {ours_says} "
+                     f"({ours['win_pct']:.1f}/{ours['loss_pct']:.1f}) — {verdict}.")
+    models = read_json(Path(run_dir) / "eval" / "reward_model.json")["models"]
+    sequence = [m for m in ["sft_baseline", "m1", "m2", "m3"] if m in models]
+    accuracy = [models[m]["metrics"]["pairwise_accuracy"][0] for m in sequence]
+    if len(sequence) >= 2 and None not in accuracy:
+        rising = all(b >= a for a, b in zip(accuracy, accuracy[1:]))
+        values = ", ".join(f"{m} {100 * a:.1f}%" for m, a in zip(sequence, accuracy))
+        lines.append(f"- **Reward-model pairwise accuracy** rises with each model in the paper (65.1 → 81.7%); "
+                     f"this run: {values} — {'agrees' if rising else 'differs'}.")
+    return "\n".join(lines) or "No comparisons were run."

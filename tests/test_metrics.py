@@ -1,0 +1,51 @@
+import pytest
+
+from selfreward.metrics import bootstrap, correlation, exact_match, metrics, pair_outcomes
+
+PERFECT = {"scores": [5, 3, 1], "ranks": [0, 1, 2]}
+REVERSED = {"scores": [1, 3, 5], "ranks": [0, 1, 2]}
+TIED = {"scores": [4, 4, 2], "ranks": [0, 1, 2]}
+ONE_REPLY = {"scores": [5], "ranks": [0]}
+UNREADABLE = {"scores": [4, None], "ranks": [0, 1]}
+
+
+def test_pair_outcomes_by_hand():
+    assert pair_outcomes(PERFECT["scores"], PERFECT["ranks"]) == (3, 0, 3)
+    assert pair_outcomes(REVERSED["scores"], REVERSED["ranks"]) == (0, 0, 3)
+    assert pair_outcomes(TIED["scores"], TIED["ranks"]) == (2, 1, 3)  # (0,1) tied, (0,2) (1,2) right
+    assert pair_outcomes(ONE_REPLY["scores"], ONE_REPLY["ranks"]) == (0, 0, 0)
+    assert pair_outcomes(UNREADABLE["scores"], UNREADABLE["ranks"]) == (0, 0, 0)
+    assert pair_outcomes([3, 1], [1, 1]) == (0, 0, 0)  # equal human ranks: not a pair
+
+
+def test_exact_match_and_correlations_by_hand():
+    assert exact_match(PERFECT["scores"], PERFECT["ranks"]) and not exact_match(TIED["scores"], TIED["ranks"])
+    assert not exact_match(UNREADABLE["scores"], UNREADABLE["ranks"])
+    assert correlation(PERFECT["scores"], PERFECT["ranks"], "spearman") == pytest.approx(1.0)
+    assert correlation(REVERSED["scores"], REVERSED["ranks"], "kendall") == pytest.approx(-1.0)
+    # scores 4,4,2 vs quality 0,-1,-2: Spearman of ranks (2.5,2.5,1) and (3,2,1) = 0.866
+    assert correlation(TIED["scores"], TIED["ranks"], "spearman") == pytest.approx(0.8660254)
+    # Kendall tau-b: concordant 2, discordant 0, one tie in x: 2 / sqrt(2 * 3) = 0.8165
+    assert correlation(TIED["scores"], TIED["ranks"], "kendall") == pytest.approx(0.8164966)
+    assert correlation([3, 3], [0, 1], "spearman") == 0.0  # constant scores: no information
+    assert correlation(ONE_REPLY["scores"], ONE_REPLY["ranks"], "spearman") is None
+
+
+def test_metrics_over_prompts_by_hand():
+    m = metrics([PERFECT, REVERSED, TIED, ONE_REPLY, UNREADABLE])
+    assert m["pairwise_accuracy"] == pytest.approx(5 / 9) and m["pair_ties"] == pytest.approx(1 / 9)
+    # replies scored 5: PERFECT rank 0 (best), REVERSED rank 2, ONE_REPLY rank 0 -> 2 of 3
+    assert m["five_best"] == pytest.approx(2 / 3)
+    assert m["exact_match"] == pytest.approx(2 / 5)  # PERFECT and ONE_REPLY (nothing to disagree with)
+    assert m["spearman"] == pytest.approx((1 - 1 + 0.8660254) / 3)
+    assert m["parse_failure_rate"] == pytest.approx(1 / 12)
+    assert metrics([])["pairwise_accuracy"] is None
+
+
+def test_bootstrap_interval_contains_the_estimate_and_is_seeded():
+    prompts = [PERFECT, REVERSED, TIED] * 10
+    result = bootstrap(prompts, samples=200, seed=1)
+    value, low, high = result["pairwise_accuracy"]
+    assert low <= value <= high and low < high
+    assert bootstrap(prompts, samples=200, seed=1) == result
+    assert bootstrap([PERFECT] * 5, samples=50)["pairwise_accuracy"] == (1.0, 1.0, 1.0)
