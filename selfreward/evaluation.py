@@ -78,16 +78,23 @@ def head_to_head(judge_, instructions: list[str], responses_x: list[str], respon
     """Win/tie/loss of X against Y, judged in both orders; plus the judge's first-slot rate."""
     forward = judge_.verdicts(list(zip(instructions, responses_x, responses_y)))
     backward = judge_.verdicts(list(zip(instructions, responses_y, responses_x)))
+    result = tally([f["verdict"] for f in forward], [b["verdict"] for b in backward])
+    result["records"] = [{"instruction": i, "outcome": o, "forward": f, "backward": b}
+                         for i, o, f, b in zip(instructions, result.pop("outcomes"), forward, backward)]
+    return result
+
+
+def tally(forward: list, backward: list) -> dict:
+    """Outcomes from verdicts with X in slot a (forward) and in slot b (backward)."""
     outcomes = []
     for f, b in zip(forward, backward):
-        if f["verdict"] == "a" and b["verdict"] == "b":
+        if f == "a" and b == "b":
             outcomes.append("win")
-        elif f["verdict"] == "b" and b["verdict"] == "a":
+        elif f == "b" and b == "a":
             outcomes.append("loss")
-        else:
+        else:  # inconsistent or unreadable
             outcomes.append("tie")
-    verdicts = [v["verdict"] for v in forward + backward]
-    readable = [v for v in verdicts if v is not None]
+    readable = [v for v in forward + backward if v is not None]
     n = len(outcomes)
     return {
         "n": n, "win": outcomes.count("win"), "tie": outcomes.count("tie"), "loss": outcomes.count("loss"),
@@ -97,9 +104,8 @@ def head_to_head(judge_, instructions: list[str], responses_x: list[str], respon
         # AlpacaEval's convention: a tie counts half
         "win_rate": 100 * (outcomes.count("win") + 0.5 * outcomes.count("tie")) / n if n else None,
         "first_slot_rate": readable.count("a") / len(readable) if readable else None,
-        "unreadable_verdicts": len(verdicts) - len(readable),
-        "records": [{"instruction": i, "outcome": o, "forward": f, "backward": b}
-                    for i, o, f, b in zip(instructions, outcomes, forward, backward)],
+        "unreadable_verdicts": len(forward) + len(backward) - len(readable),
+        "outcomes": outcomes,
     }
 
 
