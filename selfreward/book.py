@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from selfreward.io import write_text
+from selfreward.io import read_json, write_text
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
 
@@ -19,9 +19,12 @@ class BookError(RuntimeError):
 
 
 def chapters(run_dir) -> list[Path]:
-    """The run's executed stage notebooks, in stage order, without failed or unfinished ones."""
-    folder = Path(run_dir) / "notebooks"
-    return sorted(p for p in folder.glob("[0-9]*.ipynb") if not p.stem.endswith(".failed"))
+    """The executed notebooks of the stages the manifest lists as done, in stage order."""
+    manifest = Path(run_dir) / "manifest.json"
+    if not manifest.is_file():
+        return []
+    stages = read_json(manifest)["stages"].values()
+    return [Path(run_dir) / s["notebook"] for s in stages if s.get("status") == "done"]
 
 
 def _copy_for_book(source: Path, target: Path):

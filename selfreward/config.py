@@ -83,12 +83,14 @@ class JudgeConfig:
                f"unknown judge prompt {self.prompt!r}; known: {', '.join(JUDGE_TEMPLATES)}")
         _positive(self, key, "samples", "max_new_tokens")
         _sampling(self, key)
+        _check(self.temperature > 0 or self.samples == 1, f"{key}.temperature",
+               "must be > 0 when samples > 1 (greedy decoding gives one judgment)")
 
 
 @dataclass
 class EFTConfig:
     rebalance: bool = True  # downsample the over-represented score, as the paper does
-    max_share_per_score: float = 0.4  # after rebalancing no score holds more than this share
+    max_share_per_score: float = 0.4  # the most frequent score is cut down to this share
 
     def validate(self, key):
         _check(0 < self.max_share_per_score <= 1, f"{key}.max_share_per_score", "must be in (0, 1]")
@@ -127,6 +129,7 @@ class CandidatesConfig:
         _check(self.n >= 2, f"{key}.n", "must be >= 2 to form a preference pair")
         _positive(self, key, "max_new_tokens")
         _sampling(self, key)
+        _check(self.temperature > 0, f"{key}.temperature", "must be > 0: greedy decoding gives N identical candidates")
 
 
 @dataclass
@@ -210,6 +213,13 @@ class Config:
     def validate(self, key=""):
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(self.iterations >= 0, "iterations", "must be >= 0")
+        run_models = ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, self.iterations + 1)]
+        _check(_model_reference_ok(self.self_instruct.prompt_model, ["base", "current"]),
+               "self_instruct.prompt_model", f"unknown model {self.self_instruct.prompt_model!r} (expected base, "
+               "current, or a model spec: a hub id owner/name, a local folder, embedded:..., tiny)")
+        _check(_model_reference_ok(self.evaluation.judge, ["base", "endpoint"] + run_models),
+               "evaluation.judge", f"unknown model {self.evaluation.judge!r} (expected base, endpoint, "
+               f"{', '.join(run_models)}, or a model spec)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,6 +228,12 @@ class Config:
         """A short fingerprint of the named sections, for skipping unchanged stages."""
         blob = json.dumps({s: _plain(getattr(self, s)) for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _model_reference_ok(value: str, names: list[str]) -> bool:
+    """A run-relative name, or something that looks like a model spec (checked again when loaded)."""
+    return (value in names or value == "tiny" or value.startswith("embedded:") or "/" in value
+            or Path(value).expanduser().exists())
 
 
 def _plain(value):

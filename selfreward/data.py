@@ -37,7 +37,7 @@ def load_oasst(split: str, data_cfg) -> list[dict]:
         path = root / "oasst" / f"{split}.jsonl"
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             return [json.loads(line) for line in handle if line.strip()]
     from datasets import load_dataset
 
@@ -50,11 +50,11 @@ def load_alpaca_eval(data_cfg) -> list[dict]:
         path = root / "eval" / "alpaca_eval.json"
         if not path.is_file():
             raise DataError(f"data file not found: {path}")
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     from huggingface_hub import hf_hub_download
 
     path = hf_hub_download(data_cfg.alpaca_eval_hub_id, "alpaca_eval.json", repo_type="dataset")
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def _usable(message: dict) -> bool:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
@@ -42,7 +44,8 @@ class LocalPairwiseJudge:
         prompts = [self.chat.prompt(pairwise_prompt(*t)) for t in triples]
         if self.mode == "constrained":
             probs = self.backend.option_probs([p + PAIRWISE_PREFIX for p in prompts], ["a", "b"])
-            return [{"verdict": "a" if p[0] >= p[1] else "b", "p_a": p[0], "text": None} for p, _ in probs]
+            return [{"verdict": None if p is None else "a" if p[0] >= p[1] else "b",
+                     "p_a": None if p is None else p[0], "text": None} for p, _ in probs]
         outputs = self.backend.generate(prompts, n=1, temperature=0, max_new_tokens=self.max_new_tokens,
                                         desc="pairwise verdicts")
         return [{"verdict": parse_preference(c.text), "p_a": None, "text": c.text} for (c,) in outputs]
@@ -56,6 +59,7 @@ class EndpointPairwiseJudge:
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 120.0
+    retries: int = 3
 
     def _ask(self, prompt: str) -> str:
         key = os.environ.get(self.api_key_env)
@@ -66,8 +70,14 @@ class EndpointPairwiseJudge:
         request = urllib.request.Request(self.base_url.rstrip("/") + "/chat/completions", data=body,
                                          headers={"Content-Type": "application/json",
                                                   "Authorization": f"Bearer {key}"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            return json.loads(response.read())["choices"][0]["message"]["content"]
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())["choices"][0]["message"]["content"]
+            except (urllib.error.URLError, TimeoutError) as err:  # rate limits and hiccups: back off, retry
+                if attempt == self.retries:
+                    raise EvaluationError(f"judge endpoint {self.base_url} failed: {err}") from None
+                time.sleep(2 ** attempt)
 
     def verdicts(self, triples):
         texts = [self._ask(pairwise_prompt(*t)) for t in triples]

@@ -105,5 +105,6 @@ class TransformersBackend:
             for row, (_, option_ids) in enumerate(chunk):
                 p = probs[row, option_ids]
                 mass = float(p.sum())
-                results.append(((p / p.sum()).tolist(), mass))
+                # no probability on any option (underflow): nothing to read, not a uniform guess
+                results.append(((p / p.sum()).tolist() if mass > 0 else None, mass))
         return results

@@ -72,7 +72,7 @@ def judge(backend, chat, items: list[tuple[str, str]], judge_cfg, seed: int = 0,
         prefixes = [f"{prompt}{cut_at_score(j.text)}\nScore:" for prompt, j in flat]
         for (_, j), (probs, mass) in zip(flat, backend.option_probs(prefixes, SCORE_OPTIONS)):
             j.probs, j.option_mass = probs, mass
-            j.score = reduce_probs(probs, judge_cfg.constrained_reduce)
+            j.score = None if probs is None else reduce_probs(probs, judge_cfg.constrained_reduce)
     return results
 
 

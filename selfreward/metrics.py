@@ -61,7 +61,7 @@ def prompt_stats(prompt: dict) -> dict:
     """Everything the metrics need from one prompt, so that bootstrapping only re-adds numbers."""
     scores, ranks = prompt["scores"], prompt["ranks"]
     correct, tied, total = pair_outcomes(scores, ranks)
-    fives = [r for s, r in zip(scores, ranks) if s is not None and round(s) == 5]
+    fives = [r for s, r in zip(scores, ranks) if s is not None and math.floor(s + 0.5) == 5]
     return {"correct": correct, "tied": tied, "pairs": total, "five": len(fives),
             "five_best": sum(r == 0 for r in fives), "match": exact_match(scores, ranks),
             "spearman": correlation(scores, ranks, "spearman"), "kendall": correlation(scores, ranks, "kendall"),

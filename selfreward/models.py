@@ -78,14 +78,14 @@ def stop_token_ids(tokenizer, chat: ChatFormat) -> list[int]:
 
 # ---------------------------------------------------------------- resolving specs
 
-def resolve(spec: str, corpus=None, model_cfg=None) -> str:
+def resolve(spec: str, corpus=None, model_cfg=None, seed: int = 0) -> str:
     """A folder or hub id that `from_pretrained` can load, building cached models on first use."""
     if spec == EMBEDDED_GEMMA:
         return str(embedded_gemma_dir())
     if spec == TINY:
         if corpus is None:
             raise ModelError("model spec 'tiny' needs a text corpus to train its tokenizer")
-        return str(tiny_model_dir(corpus(), model_cfg))
+        return str(tiny_model_dir(corpus(), model_cfg, seed))
     if spec.startswith("embedded:"):
         raise ModelError(f"unknown embedded model {spec!r}; known: {EMBEDDED_GEMMA}")
     path = Path(spec).expanduser()

@@ -138,7 +138,7 @@ def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overr
             pm.execute_notebook(str(NOTEBOOKS / stage.notebook), str(scratch), kernel_name=KERNEL,
                                 parameters={"config": cfg.to_dict(), "run_dir": str(run_dir.resolve()),
                                             "iteration": stage.iteration},
-                                log_output=True, progress_bar=False, cwd=str(run_dir))
+                                log_output=True, progress_bar=False)
         except Exception as err:  # papermill wraps the notebook's exception
             message = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
             failed = executed.with_name(f"{executed.stem}.failed.ipynb")

@@ -137,7 +137,8 @@ def sample_shots(seed_prompts: list[str], generated: list[str], seed_shots: int,
     return shots
 
 
-_NEXT_TASK = re.compile(r"\n\s*Task\s*\d+\s*:|\n\s*\n\s*\n")
+# the next "Task N:" marker, a bare "Task" where generation stopped on it, or a run of blank lines
+_NEXT_TASK = re.compile(r"\n\s*Task\s*\d+\s*:|\n\s*Task\s*$|\n\s*\n\s*\n")
 
 
 def extract_new_prompt(generated: str) -> str:
@@ -149,8 +150,10 @@ def extract_new_prompt(generated: str) -> str:
 
 # ---------------------------------------------------------------- prompt filters
 
-BLOCKED_KEYWORDS = ("image", "picture", "photo", "graph", "draw", "plot", "video", "audio", "diagram",
-                    "flowchart", "task 1", "task:")
+# whole words only: a text model cannot see or make pictures, sounds or videos (as in Self-Instruct)
+BLOCKED_KEYWORDS = ("image", "images", "picture", "pictures", "photo", "photos", "draw", "video", "videos",
+                    "audio", "diagram", "flowchart")
+_TEMPLATE_RESIDUE = re.compile(r"\btask\s*\d+\s*:", re.IGNORECASE)
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -233,8 +236,10 @@ def check_prompt(text: str, index: NearDuplicateIndex, min_words: int, max_words
     if Counter(tokens).most_common(1)[0][1] > max(3, len(tokens) // 3):
         return PromptCheck(False, "repetitive")
     lowered = text.lower()
-    if any(keyword in lowered for keyword in BLOCKED_KEYWORDS):
+    if any(re.search(rf"\b{re.escape(keyword)}\b", lowered) for keyword in BLOCKED_KEYWORDS):
         return PromptCheck(False, "keyword")
+    if _TEMPLATE_RESIDUE.search(text):
+        return PromptCheck(False, "template")
     similarity = index.most_similar(text)
     if similarity >= index.threshold:
         return PromptCheck(False, "near_duplicate", similarity)

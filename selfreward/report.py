@@ -1,6 +1,7 @@
 """Tables and figures of a finished run, side by side with the paper's numbers (results chapter)."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -124,12 +125,12 @@ def plot_reward_model(run_dir):
 
 def score_distributions(run_dir) -> pd.DataFrame:
     """How often each judge gives each (rounded) score on the held-out replies."""
-    folder = Path(run_dir) / "eval" / "reward_model"
+    models = read_json(Path(run_dir) / "eval" / "reward_model.json")["models"]
     table = {}
-    for path in sorted(folder.glob("*.jsonl")):
-        scores = [round(s) for row in read_jsonl(path) for s in row["scores"] if s is not None]
-        counts = Counter(scores)
-        table[path.stem] = {score: counts.get(score, 0) for score in range(6)}
+    for label, entry in models.items():
+        rows = read_jsonl(Path(run_dir) / "eval" / entry["scores_file"])
+        counts = Counter(math.floor(s + 0.5) for row in rows for s in row["scores"] if s is not None)
+        table[label] = {score: counts.get(score, 0) for score in range(6)}
     return pd.DataFrame(table).T.rename_axis("judge")
 
 
@@ -149,13 +150,18 @@ def plot_score_histograms(run_dir):
     return fig
 
 
+def _run_models(run_dir) -> list[str]:
+    iterations = read_json(Path(run_dir) / "manifest.json")["config"]["iterations"]
+    return ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, iterations + 1)]
+
+
 def response_lengths(run_dir) -> pd.DataFrame:
-    folder = Path(run_dir) / "eval" / "responses"
     rows = []
-    for path in sorted(folder.glob("*.jsonl"), key=lambda p: (p.stem != "sft_baseline", p.stem)):
+    for name in _run_models(run_dir):
+        path = Path(run_dir) / "eval" / "responses" / f"{name}.jsonl"
         data = read_jsonl(path)
         tokens = [r["num_tokens"] for r in data]
-        rows.append({"model": path.stem, "mean tokens": sum(tokens) / len(tokens),
+        rows.append({"model": name, "mean tokens": sum(tokens) / len(tokens),
                      "mean characters": sum(len(r["response"]) for r in data) / len(data),
                      "hit length limit %": 100 * sum(not r["finished"] for r in data) / len(data)})
     return pd.DataFrame(rows).set_index("model").round(1)
@@ -163,7 +169,7 @@ def response_lengths(run_dir) -> pd.DataFrame:
 
 def aift_statistics(run_dir) -> pd.DataFrame:
     rows = []
-    for folder in sorted((Path(run_dir) / "aift").glob("m*")):
+    for folder in [Path(run_dir) / "aift" / name for name in _run_models(run_dir)[1:-1]]:  # AIFT(M1..M_T)
         prompts = read_jsonl(folder / "prompts.jsonl")
         records = read_jsonl(folder / "candidates.jsonl") if (folder / "candidates.jsonl").is_file() else []
         pairs = read_jsonl(folder / "pairs.jsonl") if (folder / "pairs.jsonl").is_file() else []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,7 +36,7 @@ def base_model(cfg: Config, run_dir) -> str:
     def corpus():
         return [text for e in read_jsonl(Path(run_dir) / "data" / "ift.jsonl") for text in (e["prompt"], e["response"])]
 
-    return models.resolve(cfg.model.spec, corpus=corpus, model_cfg=cfg.model)
+    return models.resolve(cfg.model.spec, corpus=corpus, model_cfg=cfg.model, seed=cfg.seed)
 
 
 def resolve_prompt_model(cfg: Config, run_dir, current: str) -> str:
@@ -265,11 +266,12 @@ def run_reward_model(config, run_dir) -> dict:
         tokens += backend.tokens_generated
         del backend
         gc.collect()
-        write_jsonl(out / "reward_model" / f"{label.replace(' ', '_').strip('()')}.jsonl", rows)
-        table[label] = {"judge_prompt": jcfg.prompt, "mode": rows[0]["mode"],
+        scores_file = f"reward_model/{re.sub(r'[^a-z0-9]+', '_', label).strip('_')}.jsonl"
+        write_jsonl(out / scores_file, rows)
+        table[label] = {"judge_prompt": jcfg.prompt, "mode": rows[0]["mode"], "scores_file": scores_file,
                         "metrics": metrics.bootstrap(rows, cfg.evaluation.bootstrap_samples, cfg.seed)}
     write_json(out / "reward_model.json", {"prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
                                            "samples": judge_cfg.samples, "models": table})
-    summary = {label: round(t["metrics"]["pairwise_accuracy"][0] or 0, 3) for label, t in table.items()}
+    summary = {label: t["metrics"]["pairwise_accuracy"][0] for label, t in table.items()}
     return _finish(run_dir, "reward_model", {"rm_prompts": len(threads), "tokens_generated": tokens,
                                              **{f"pairwise_accuracy {k}": v for k, v in summary.items()}}, started)

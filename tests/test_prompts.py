@@ -64,6 +64,7 @@ def test_self_instruct_prompt_and_extraction():
     assert extract_new_prompt(" How do volcanoes form?\n\nTask 4: other") == "How do volcanoes form?"
     assert extract_new_prompt(" Write a poem\nabout the sea.\nTask 10: x") == "Write a poem\nabout the sea."
     assert extract_new_prompt("  ") == ""
+    assert extract_new_prompt(" Write a short poem about the sea.\n\nTask") == "Write a short poem about the sea."
 
 
 def test_sample_shots_mixes_seed_and_generated():
@@ -103,6 +104,8 @@ def test_near_duplicate_index_matches_brute_force():
     ("12 34 56 78 90 !! ?? ## $$", "garbled"),
     ("go go go go go go go now", "repetitive"),
     ("Draw a picture of a cat for me", "keyword"),
+    ("Summarise the plot of Hamlet in a paragraph", "kept"),  # whole words only
+    ("Explain this. Task 9: write a poem", "template"),
     ("What is the capital city of France?", "near_duplicate"),
     ("Explain how vaccines train the immune system.", "kept"),
 ])

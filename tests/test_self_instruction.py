@@ -30,7 +30,7 @@ def test_new_prompts_records_every_attempt_with_a_verdict(tiny_backend):
     records = new_prompts(backend, seeds, cfg, seed=0)
     assert len(records) == 6
     assert all(r["reason"] in {"kept", "empty", "too_short", "too_long", "garbled", "repetitive", "keyword",
-                               "near_duplicate"} for r in records)
+                               "template", "near_duplicate"} for r in records)
     assert all(r["kept"] == (r["reason"] == "kept") for r in records)
     assert records == new_prompts(backend, seeds, cfg, seed=0)  # seeded
 
