@@ -59,7 +59,7 @@ class DataConfig:
 
 @dataclass
 class GenerationConfig:
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "fast"] = "transformers"  # fast: selfreward.generation.FastBackend
     batch_size: int = 16
 
     def validate(self, key):

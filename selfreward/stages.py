@@ -14,7 +14,7 @@ from pathlib import Path
 
 from selfreward import data, eft, evaluation, metrics, models, self_instruction, training
 from selfreward.config import Config, from_dict
-from selfreward.generation import TransformersBackend
+from selfreward.generation import FastBackend, TransformersBackend
 from selfreward.io import read_json, read_jsonl, write_json, write_jsonl
 from selfreward.judging import judge
 
@@ -48,8 +48,8 @@ def load_backend(path: str, cfg: Config) -> tuple[TransformersBackend, models.Ch
     tokenizer = models.load_tokenizer(path)
     model = models.load_model(path, dtype=cfg.model.dtype, device=cfg.model.device)
     chat = models.chat_format_for(tokenizer, cfg.model.chat_format)
-    return TransformersBackend(model, tokenizer, models.stop_token_ids(tokenizer, chat),
-                               cfg.generation.batch_size), chat
+    engine = FastBackend if cfg.generation.backend == "fast" else TransformersBackend
+    return engine(model, tokenizer, models.stop_token_ids(tokenizer, chat), cfg.generation.batch_size), chat
 
 
 def _finish(run_dir, name: str, counts: dict, started: float) -> dict:

@@ -41,3 +41,14 @@ def test_embedded_model_generates_and_judges(gemma):
         assert all(j.text for j in result.judgments)
         # a real pretrained model puts real probability on a digit right after "Score:"
         assert all(j.option_mass > 0.05 for j in result.judgments)
+
+
+def test_fast_engine_matches_generate_on_gemma(gemma):
+    """Gemma-3 mixes sliding-window and global attention layers: the cache handling must agree too."""
+    from selfreward.generation import FastBackend
+
+    backend, chat = gemma
+    fast = FastBackend(backend.model, backend.tokenizer, backend.stop_ids, batch_size=8)
+    prompts = [chat.prompt("Name three colours."), chat.prompt("What is the boiling point of water at sea level?")]
+    assert fast.generate(prompts, temperature=0, max_new_tokens=12) == \
+        backend.generate(prompts, temperature=0, max_new_tokens=12)
