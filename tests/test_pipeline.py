@@ -117,7 +117,7 @@ def test_evaluation_outputs_and_results_chapter(tiny_run):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
-    assert "m3 vs sft_baseline" in html and "pairwise_accuracy" in html and "positive-only examples" in html
+    assert "m3 vs sft_baseline" in html and "pairwise accuracy" in html and "positive-only examples" in html
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(figures) == 3  # win/tie/loss bars, reward-model metrics, score histograms
 
