@@ -50,27 +50,31 @@ class TransformersBackend:
         # similar lengths together waste less padding; results go back in the input order
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         per_batch = max(1, self.batch_size // n)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 \
-            else dict(do_sample=False)
-        if stop_strings:  # text-level stops (e.g. the next few-shot marker) save wasted tokens
-            sampling.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
         with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
             for batch_no, start in enumerate(range(0, len(order), per_batch)):
                 index = order[start:start + per_batch]
                 batch = self.tokenizer([prompts[i] for i in index], return_tensors="pt", padding=True).to(self.device)
-                torch.manual_seed(seed + batch_no)  # reproducible batch by batch
-                output = self.model.generate(
-                    **batch, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                    eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, top_k=None,
-                    **sampling)
-                new_tokens = output[:, batch["input_ids"].shape[1]:].tolist()
-                for row, tokens in enumerate(new_tokens):
+                rows = self._generate_batch(batch, n, temperature, top_p, max_new_tokens, seed + batch_no,
+                                            stop_strings)
+                for row, tokens in enumerate(rows):
                     completion = self._completion(tokens)
                     self.tokens_generated += completion.num_tokens
                     slot = index[row // n]
                     results[slot] = (results[slot] or []) + [completion]
                 bar.update(len(index))
         return results
+
+    def _generate_batch(self, batch, n, temperature, top_p, max_new_tokens, seed, stop_strings) -> list[list[int]]:
+        """New token ids, n rows per prompt, with plain `model.generate`."""
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 \
+            else dict(do_sample=False)
+        if stop_strings:  # text-level stops (e.g. the next few-shot marker) save wasted tokens
+            sampling.update(stop_strings=stop_strings, tokenizer=self.tokenizer)
+        torch.manual_seed(seed)  # reproducible batch by batch
+        output = self.model.generate(
+            **batch, max_new_tokens=max_new_tokens, num_return_sequences=n,
+            eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, top_k=None, **sampling)
+        return output[:, batch["input_ids"].shape[1]:].tolist()
 
     def _completion(self, tokens: list[int]) -> Completion:
         stop = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
@@ -138,27 +142,12 @@ class FastBackend(TransformersBackend):
     - samples the nucleus from a top-k window instead of sorting the 262k-token vocabulary,
     - drops finished sequences from the batch instead of decoding padding until the longest ends."""
 
-    @torch.no_grad()
-    def generate(self, prompts, *, n=1, temperature=0.7, top_p=0.9, max_new_tokens=256, seed=0,
-                 desc="generating", stop_strings=None):
-        results: list[list[Completion] | None] = [None] * len(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        per_batch = max(1, self.batch_size // n)
-        with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
-            for batch_no, start in enumerate(range(0, len(order), per_batch)):
-                index = order[start:start + per_batch]
-                batch = self.tokenizer([prompts[i] for i in index], return_tensors="pt", padding=True).to(self.device)
-                generator = torch.Generator(device=self.device).manual_seed(seed + batch_no)
-                rows = self._decode(batch["input_ids"], batch["attention_mask"], n, temperature, top_p,
-                                    max_new_tokens, generator, stop_strings)
-                for row, tokens in enumerate(rows):
-                    completion = self._completion(tokens)
-                    self.tokens_generated += completion.num_tokens
-                    slot = index[row // n]
-                    results[slot] = (results[slot] or []) + [completion]
-                bar.update(len(index))
-        return results
+    def _generate_batch(self, batch, n, temperature, top_p, max_new_tokens, seed, stop_strings):
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return self._decode(batch["input_ids"], batch["attention_mask"], n, temperature, top_p, max_new_tokens,
+                            generator, stop_strings)
 
+    @torch.no_grad()
     def _decode(self, input_ids, mask, n, temperature, top_p, max_new_tokens, generator, stop_strings):
         from transformers import DynamicCache
 
