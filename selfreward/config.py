@@ -213,13 +213,13 @@ class Config:
     def validate(self, key=""):
         _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
         _check(self.iterations >= 0, "iterations", "must be >= 0")
-        run_models = ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, self.iterations + 1)]
+        names = run_models(self.iterations)
         _check(_model_reference_ok(self.self_instruct.prompt_model, ["base", "current"]),
                "self_instruct.prompt_model", f"unknown model {self.self_instruct.prompt_model!r} (expected base, "
                "current, or a model spec: a hub id owner/name, a local folder, embedded:..., tiny)")
-        _check(_model_reference_ok(self.evaluation.judge, ["base", "endpoint"] + run_models),
+        _check(_model_reference_ok(self.evaluation.judge, ["base", "endpoint"] + names),
                "evaluation.judge", f"unknown model {self.evaluation.judge!r} (expected base, endpoint, "
-               f"{', '.join(run_models)}, or a model spec)")
+               f"{', '.join(names)}, or a model spec)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -228,6 +228,11 @@ class Config:
         """A short fingerprint of the named sections, for skipping unchanged stages."""
         blob = json.dumps({s: _plain(getattr(self, s)) for s in sections}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def run_models(iterations: int) -> list[str]:
+    """The model sequence of a run: SFT baseline, M1, then M2 ... M_{iterations+1}."""
+    return ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, iterations + 1)]
 
 
 def _model_reference_ok(value: str, names: list[str]) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from selfreward.config import run_models
 from selfreward.io import read_json, read_jsonl
 
 # Yuan et al. (2024), GPT-4 judge, 256 prompts, both orders: win / tie / loss %
@@ -151,8 +152,11 @@ def plot_score_histograms(run_dir):
 
 
 def _run_models(run_dir) -> list[str]:
-    iterations = read_json(Path(run_dir) / "manifest.json")["config"]["iterations"]
-    return ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, iterations + 1)]
+    return run_models(read_json(Path(run_dir) / "manifest.json")["config"]["iterations"])
+
+
+def _rows(path: Path) -> list[dict]:
+    return read_jsonl(path) if path.is_file() else []
 
 
 def response_lengths(run_dir) -> pd.DataFrame:
@@ -171,9 +175,7 @@ def aift_statistics(run_dir) -> pd.DataFrame:
     rows = []
     for folder in [Path(run_dir) / "aift" / name for name in _run_models(run_dir)[1:-1]]:  # AIFT(M1..M_T)
         prompts = read_jsonl(folder / "prompts.jsonl")
-        records = read_jsonl(folder / "candidates.jsonl") if (folder / "candidates.jsonl").is_file() else []
-        pairs = read_jsonl(folder / "pairs.jsonl") if (folder / "pairs.jsonl").is_file() else []
-        positives = read_jsonl(folder / "positive.jsonl") if (folder / "positive.jsonl").is_file() else []
+        records, pairs, positives = (_rows(folder / f) for f in ("candidates.jsonl", "pairs.jsonl", "positive.jsonl"))
         scored = [[c["score"] for c in r["candidates"] if c["score"] is not None] for r in records]
         ties = sum(1 for s in scored if len(s) >= 2 and max(s) == min(s))
         gaps = [p["chosen_score"] - p["rejected_score"] for p in pairs]

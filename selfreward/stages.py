@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from selfreward import data, eft, evaluation, metrics, models, self_instruction, training
-from selfreward.config import Config, from_dict
+from selfreward.config import Config, from_dict, run_models
 from selfreward.generation import FastBackend, TransformersBackend
 from selfreward.io import read_json, read_jsonl, write_json, write_jsonl
 from selfreward.judging import judge
@@ -198,11 +198,6 @@ def load_stage_result(run_dir, name: str) -> dict:
 
 # ---------------------------------------------------------------- evaluation
 
-def run_models(cfg: Config) -> list[str]:
-    """The model sequence of a run: SFT baseline, M1, M2, ..."""
-    return ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, cfg.iterations + 1)]
-
-
 def _pairwise_judge(cfg: Config, run_dir):
     e = cfg.evaluation
     if e.judge == "endpoint":
@@ -210,7 +205,7 @@ def _pairwise_judge(cfg: Config, run_dir):
             f"endpoint:{e.endpoint_model}"
     if e.judge == "base":
         path, name = base_model(cfg, run_dir), f"base ({cfg.model.spec})"
-    elif e.judge in run_models(cfg):
+    elif e.judge in run_models(cfg.iterations):
         path, name = str(model_dir(run_dir, e.judge)), e.judge
     else:
         path, name = models.resolve(e.judge), e.judge
@@ -224,7 +219,7 @@ def run_evaluation(config, run_dir) -> dict:
     prompts = read_jsonl(Path(run_dir) / "data" / "eval_prompts.jsonl")
     instructions = [p["instruction"] for p in prompts]
     responses, tokens = {}, 0
-    for name in run_models(cfg):
+    for name in run_models(cfg.iterations):
         backend, chat = load_backend(str(model_dir(run_dir, name)), cfg)
         responses[name] = evaluation.generate_responses(backend, chat, instructions, cfg.evaluation, cfg.seed,
                                                         desc=f"responses {name}")
@@ -255,7 +250,7 @@ def run_reward_model(config, run_dir) -> dict:
     if cfg.evaluation.rm_prompts:
         threads = data.ranked_threads(threads, cfg.evaluation.rm_prompts, cfg.seed)
     judge_cfg = dataclasses.replace(cfg.judge, samples=cfg.evaluation.rm_samples)
-    judges = [(name, name, judge_cfg) for name in run_models(cfg)]
+    judges = [(name, name, judge_cfg) for name in run_models(cfg.iterations)]
     if cfg.evaluation.judge_prompt_ablation:
         judges.append(("sft_baseline (multiple choice)", "sft_baseline",
                        dataclasses.replace(judge_cfg, prompt="multiple_choice")))
