@@ -143,6 +143,9 @@ class TrainConfig:
     max_length: int = 1024
     dropout: float = 0.1
     warmup_ratio: float = 0.0
+    # selected: the loss projects only response tokens through the output layer (training.token_logprobs);
+    # trl: TRL's default head (every position on CPU, plus entropy/accuracy metrics), kept for comparison
+    logprobs: Literal["selected", "trl"] = "selected"
 
     def validate(self, key):
         _check(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import tempfile
 
+import torch
+import torch.nn.functional as F
+
 from selfreward.models import chat_format_for, load_model, load_tokenizer, pick_device, save_model
 
 
@@ -39,6 +42,131 @@ def _common_args(cfg, model_cfg, output_dir: str, seed: int) -> dict:
     )
 
 
+# ---------------------------------------------------------------- log-probabilities at response tokens only
+
+def token_logprobs(model, input_ids, attention_mask, labels, recompute: bool = False):
+    """log p(next token) at every position whose next label is not -100, as a [batch, length - 1] fp32
+    tensor (0 elsewhere), with the positions' mask.
+
+    The output layer runs on those positions only, never on prompts or padding (TRL's default head
+    scores every position on CPU and adds full-vocabulary entropy and top-1 statistics for logging),
+    and `SelectedLogProbs` keeps its backward to one pass over the logits."""
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != -100
+    head = model.get_output_embeddings()
+    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    values = SelectedLogProbs.apply(hidden[:, :-1][mask], head.weight, targets[mask], cap, recompute)
+    # masked_scatter keeps a batch without any response token connected to the graph (a zero loss)
+    return values.new_zeros(mask.shape).masked_scatter(mask, values), mask
+
+
+class SelectedLogProbs(torch.autograd.Function):
+    """log_softmax(hidden @ weight.T)[target] for N positions, by hand in both directions.
+
+    Autograd would keep fp32 logits and, in the backward, allocate a zero [N, vocab] tensor for the
+    gather and make several passes over fresh [N, vocab] tensors; on a CPU the page faults of those
+    allocations cost more than the arithmetic. Here the softmax statistics and the gradient of the
+    logits, onehot(target) - softmax, are formed in place in one reused fp32 buffer, chunk by chunk.
+    The logits (in the compute dtype) are kept for the backward, or with `recompute` (GPUs, where
+    memory is scarce and FLOPs are not) rebuilt from the hidden states chunk by chunk."""
+
+    CHUNK = 512  # positions per fp32 buffer: 512 x 262k x 4 bytes = 0.5 GiB
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, cap, recompute):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        hidden, w = hidden.to(dtype), weight.to(dtype)
+        logits = SelectedLogProbs._logits(hidden, w, cap)
+        exact = torch.promote_types(dtype, torch.float32)  # softmax statistics in fp32 at least
+        lse = torch.empty(len(targets), dtype=exact, device=hidden.device)
+        buffer = torch.empty(min(len(targets), SelectedLogProbs.CHUNK), w.shape[0], dtype=exact, device=hidden.device)
+        for rows in SelectedLogProbs._chunks(len(targets)):
+            chunk = buffer[:rows.stop - rows.start].copy_(logits[rows])
+            top = chunk.amax(-1, keepdim=True)
+            lse[rows] = chunk.sub_(top).exp_().sum(-1).log_() + top.squeeze(-1)
+        values = logits.gather(-1, targets[:, None]).squeeze(-1).to(exact) - lse
+        ctx.cap, ctx.recompute, ctx.weight_dtype = cap, recompute, weight.dtype
+        ctx.save_for_backward(hidden, w, targets, lse, None if recompute else logits)
+        return values
+
+    @staticmethod
+    def _logits(hidden, w, cap):
+        logits = hidden @ w.T
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    @staticmethod
+    def _chunks(n: int):
+        return [slice(start, min(start + SelectedLogProbs.CHUNK, n)) for start in range(0, n, SelectedLogProbs.CHUNK)]
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, w, targets, lse, logits = ctx.saved_tensors
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(w.shape, dtype=lse.dtype, device=w.device) if ctx.needs_input_grad[1] else None
+        rows_max = min(len(targets), SelectedLogProbs.CHUNK)
+        buffer = torch.empty(rows_max, w.shape[0], dtype=lse.dtype, device=w.device)
+        low = buffer if w.dtype == lse.dtype else torch.empty(rows_max, w.shape[0], dtype=w.dtype, device=w.device)
+        for rows in SelectedLogProbs._chunks(len(targets)):
+            n = rows.stop - rows.start
+            z = SelectedLogProbs._logits(hidden[rows], w, ctx.cap) if ctx.recompute else logits[rows]
+            g = grad[rows].to(lse.dtype)[:, None]
+            # d log p[target] / d logits = onehot(target) - softmax, times the incoming gradient
+            dlogits = buffer[:n].copy_(z).sub_(lse[rows, None]).exp_().mul_(-g)
+            dlogits.scatter_add_(1, targets[rows, None], g)
+            if ctx.cap:  # through cap * tanh(z / cap)
+                dlogits.mul_(1 - (z.to(lse.dtype) / ctx.cap) ** 2)
+            grad_hidden[rows] = low[:n].copy_(dlogits) @ w
+            if grad_weight is not None:
+                grad_weight.addmm_(dlogits.T, hidden[rows].to(lse.dtype))
+        grad_weight = None if grad_weight is None else grad_weight.to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def _lean_trainers():
+    """TRL's trainers with the loss computed by `token_logprobs`; data handling, optimisation,
+    scheduling and logging stay TRL's."""
+    from trl import DPOTrainer, SFTTrainer
+
+    class LeanSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            logps, mask = token_logprobs(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                         recompute=self.args.gradient_checkpointing)
+            # the same normalisation as TRL's: tokens of the whole accumulated batch when known
+            tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -logps.sum() / torch.as_tensor(tokens).clamp(min=1)
+            if model.training:
+                self._total_train_tokens += int(inputs["attention_mask"].sum())
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return (loss, None) if return_outputs else loss
+
+    class LeanDPOTrainer(DPOTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            """The sigmoid DPO loss of the paper; the batch is [chosen rows; rejected rows]."""
+            labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+            args = (inputs["input_ids"], inputs["attention_mask"], labels)
+            logps = token_logprobs(model, *args, recompute=self.args.gradient_checkpointing)[0].sum(-1)
+            with torch.no_grad():
+                if self.ref_model is not None:
+                    reference = token_logprobs(self.ref_model, *args)[0].sum(-1)
+                else:  # LoRA: the reference is the same weights without the adapter
+                    with self.accelerator.unwrap_model(self.model).disable_adapter():
+                        reference = token_logprobs(model, *args)[0].sum(-1)
+            chosen, rejected = (logps - reference).chunk(2)
+            margin = self.beta * (chosen - rejected)
+            loss = -F.logsigmoid(margin).mean()
+            mode = "train" if model.training else "eval"
+            chosen_logps, rejected_logps = logps.detach().chunk(2)
+            for key, value in {"rewards/chosen": self.beta * chosen, "rewards/rejected": self.beta * rejected,
+                               "rewards/margins": margin, "rewards/accuracies": (margin > 0).float(),
+                               "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}.items():
+                self._metrics[mode][key].append(float(value.detach().float().mean()))
+            return (loss, None) if return_outputs else loss
+
+    return LeanSFTTrainer, LeanDPOTrainer
+
+
 def _load_for_training(model_dir: str, model_cfg, dropout: float):
     from peft import LoraConfig
 
@@ -65,7 +193,8 @@ def sft_trainer(model_dir: str, examples: list[dict], cfg, model_cfg, output_dir
     chat = chat_format_for(tokenizer, model_cfg.chat_format)
     rows = [{"prompt": chat.prompt(e["prompt"]), "completion": chat.completion(e["response"])} for e in examples]
     args = SFTConfig(**_common_args(cfg, model_cfg, output_dir, seed), completion_only_loss=True, packing=False)
-    return _text_progress(SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+    trainer_class = _lean_trainers()[0] if cfg.logprobs == "selected" else SFTTrainer
+    return _text_progress(trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                      processing_class=tokenizer, peft_config=peft_config))
 
 
@@ -77,8 +206,8 @@ def sft(model_dir: str, out_dir, examples: list[dict], cfg, model_cfg, seed: int
     return _finish(trainer, trainer.processing_class, out_dir, len(examples))
 
 
-def dpo(model_dir: str, out_dir, pairs: list[dict], cfg, model_cfg, seed: int = 0) -> dict:
-    """DPO on {prompt, chosen, rejected}; the reference is the starting model (frozen)."""
+def dpo_trainer(model_dir: str, pairs: list[dict], cfg, model_cfg, output_dir: str, seed: int = 0):
+    """A TRL DPOTrainer on {prompt, chosen, rejected}; the reference is the starting model (frozen)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -88,13 +217,19 @@ def dpo(model_dir: str, out_dir, pairs: list[dict], cfg, model_cfg, seed: int = 
     chat = chat_format_for(tokenizer, model_cfg.chat_format)
     rows = [{"prompt": chat.prompt(p["prompt"]), "chosen": chat.completion(p["chosen"]),
              "rejected": chat.completion(p["rejected"])} for p in pairs]
+    # the paper keeps dropout on during DPO
+    args = DPOConfig(**_common_args(cfg, model_cfg, output_dir, seed), beta=cfg.beta, disable_dropout=False)
+    trainer_class = _lean_trainers()[1] if cfg.logprobs == "selected" else DPOTrainer
+    return _text_progress(trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                        processing_class=tokenizer, peft_config=peft_config))
+
+
+def dpo(model_dir: str, out_dir, pairs: list[dict], cfg, model_cfg, seed: int = 0) -> dict:
+    """DPO on {prompt, chosen, rejected} pairs; returns the training log summary."""
     with tempfile.TemporaryDirectory() as scratch:
-        # the paper keeps dropout on during DPO
-        args = DPOConfig(**_common_args(cfg, model_cfg, scratch, seed), beta=cfg.beta, disable_dropout=False)
-        trainer = _text_progress(DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                            processing_class=tokenizer, peft_config=peft_config))
+        trainer = dpo_trainer(model_dir, pairs, cfg, model_cfg, scratch, seed)
         trainer.train()
-    return _finish(trainer, tokenizer, out_dir, len(rows))
+    return _finish(trainer, trainer.processing_class, out_dir, len(pairs))
 
 
 def _text_progress(trainer):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from selfreward.config import DPOConfig, ModelConfig, TrainConfig
-from selfreward.models import load_model
-from selfreward.training import TrainingError, dpo, sft, sft_trainer
+from selfreward.models import load_model, load_tokenizer
+from selfreward.training import SelectedLogProbs, TrainingError, dpo, dpo_trainer, sft, sft_trainer, token_logprobs
 
 MODEL = ModelConfig(spec="tiny", dtype="float32", finetune="full", device="cpu")
 EXAMPLES = [{"prompt": "What is the capital of France?", "response": "Paris."},
@@ -65,3 +65,89 @@ def test_sft_loss_covers_response_tokens_only(tiny_model_dir, tmp_path):
     trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
     assert trained == "Paris.<end_of_turn><eos>"  # the response, its end of turn and EOS
     assert "capital of France" in tokenizer.decode([i for i, m in zip(ids, mask) if not m])
+
+
+def _batch(tokenizer, texts, prompt_chars):
+    """Right-padded token ids with labels on everything after the first `prompt_chars` characters."""
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
+    labels = encoded.input_ids.clone()
+    for row, (text, chars) in enumerate(zip(texts, prompt_chars)):
+        labels[row, :len(tokenizer(text[:chars]).input_ids)] = -100
+    labels[encoded.attention_mask == 0] = -100
+    return encoded.input_ids, encoded.attention_mask, labels
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_token_logprobs_equal_the_full_forward_and_its_gradients(tiny_model_dir, recompute, monkeypatch):
+    model = load_model(tiny_model_dir, "float32", "cpu")
+    tokenizer = load_tokenizer(tiny_model_dir)
+    texts = ["What is the capital of France? Paris.", "Name a prime number. Seven, or any other prime."]
+    input_ids, mask, labels = _batch(tokenizer, texts, [30, 20])
+
+    expected = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
+    targets = labels[:, 1:]
+    expected = expected.gather(-1, targets.clamp(min=0)[..., None]).squeeze(-1) * (targets != -100)
+    expected.sum().backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    monkeypatch.setattr(SelectedLogProbs, "CHUNK", 5)  # several chunks on a short batch
+    logps, positions = token_logprobs(model, input_ids, mask, labels, recompute=recompute)
+    assert torch.equal(positions, targets != -100) and 0 < positions.sum() < positions.numel()
+    torch.testing.assert_close(logps, expected, rtol=1e-5, atol=1e-5)
+    logps.sum().backward()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _first_batch_loss(trainer, nudge: bool):
+    trainer.model.eval()  # no dropout: both losses see the same network
+    if nudge:  # move the policy away from the reference, or DPO's loss is log 2 whatever the log-probs
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for parameter in trainer.model.parameters():
+                if parameter.requires_grad:  # under LoRA only the adapters, so the reference stays the base
+                    parameter.add_(torch.randn_like(parameter) * 0.05)
+    batch = next(iter(trainer.get_train_dataloader()))
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, batch))
+
+
+@pytest.mark.parametrize("kind,finetune", [("sft", "full"), ("dpo", "full"), ("dpo", "lora")])
+def test_lean_losses_equal_trls(tiny_model_dir, tmp_path, kind, finetune):
+    model_cfg = ModelConfig(spec="tiny", dtype="float32", finetune=finetune, lora_r=4, lora_alpha=8, device="cpu")
+    pairs = [{"prompt": "Name a prime number.", "chosen": "Seven.", "rejected": "Eight, which is even."}] * 2
+    losses = {}
+    for logprobs in ["selected", "trl"]:
+        if kind == "sft":
+            cfg = TrainConfig(batch_size=2, per_device_batch_size=2, max_length=128, dropout=0.0, logprobs=logprobs)
+            trainer = sft_trainer(tiny_model_dir, EXAMPLES, cfg, model_cfg, str(tmp_path))
+        else:
+            cfg = DPOConfig(batch_size=2, per_device_batch_size=2, max_length=128, dropout=0.0, logprobs=logprobs)
+            trainer = dpo_trainer(tiny_model_dir, pairs, cfg, model_cfg, str(tmp_path))
+        losses[logprobs] = _first_batch_loss(trainer, nudge=kind == "dpo")
+    assert losses["selected"] == pytest.approx(losses["trl"], rel=1e-4)
+    if kind == "dpo":
+        assert abs(losses["trl"] - 0.6931) > 1e-3  # the nudge made the comparison meaningful
+
+
+@pytest.mark.parametrize("cap,recompute", [(None, False), (5.0, False), (5.0, True)])
+def test_selected_logprobs_gradients_equal_autograds(cap, recompute, monkeypatch):
+    monkeypatch.setattr(SelectedLogProbs, "CHUNK", 3)
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(7, 8, dtype=torch.float64), torch.randn(50, 8, dtype=torch.float64)
+    targets, upstream = torch.randint(0, 50, (7,)), torch.randn(7, dtype=torch.float64)
+
+    def reference(h, w):
+        logits = h @ w.T
+        logits = torch.tanh(logits / cap) * cap if cap else logits
+        return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+
+    grads = []
+    for function in (reference, lambda h, w: SelectedLogProbs.apply(h, w, targets, cap, recompute)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        values = function(h, w)
+        (values.double() * upstream).sum().backward()
+        grads.append((values.double().detach(), h.grad, w.grad))
+    for expected, ours in zip(*grads):
+        torch.testing.assert_close(ours, expected)
