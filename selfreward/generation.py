@@ -6,11 +6,15 @@ distributed backends implement the same two methods.
 """
 from __future__ import annotations
 
+import copy
+import inspect
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from tqdm import tqdm  # text bars: papermill streams them to the log
+
+from selfreward.models import head_logits
 
 
 @dataclass
@@ -106,12 +110,45 @@ class TransformersBackend:
             logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                                 logits_to_keep=1).logits[:, -1]
             probs = logits.float().softmax(-1)
-            for row, (_, option_ids) in enumerate(chunk):
-                p = probs[row, option_ids]
-                mass = float(p.sum())
-                # no probability on any option (underflow): nothing to read, not a uniform guess
-                results.append(((p / p.sum()).tolist() if mass > 0 else None, mass))
+            results += [_read_options(probs[row], option_ids) for row, (_, option_ids) in enumerate(chunk)]
         return results
+
+
+def _read_options(probs: torch.Tensor, option_ids: list[int]) -> tuple[list[float] | None, float]:
+    p = probs[option_ids]
+    mass = float(p.sum())
+    # no probability on any option (underflow): nothing to read, not a uniform guess
+    return ((p / p.sum()).tolist() if mass > 0 else None), mass
+
+
+def common_prefix_length(rows: list[list[int]]) -> int:
+    """Tokens all rows begin with, leaving each row at least one token of its own."""
+    shortest = min(len(r) for r in rows) - 1
+    length = 0
+    while length < shortest and all(r[length] == rows[0][length] for r in rows):
+        length += 1
+    return length
+
+
+def shared_prefix_batches(rows: list[list[int]], batch_size: int, min_shared: int = 32) -> list[list[int]]:
+    """Consecutive rows packed into batches that share one prefill. A batch is either a group, rows
+    sharing at least `min_shared` tokens beyond the start all rows share (the k judgments of one
+    candidate), or rows that share only that start (the judge instructions) and belong to no group."""
+    common = common_prefix_length(rows)
+
+    def shares(indices: list[int]) -> bool:
+        return len(indices) > 1 and common_prefix_length([rows[i] for i in indices]) >= common + min_shared
+
+    batches: list[list[int]] = []
+    for index in range(len(rows)):
+        batch = batches[-1] if batches else []
+        if 0 < len(batch) < batch_size and (
+                shares(batch + [index])
+                or not (shares(batch) or shares([index, index + 1] if index + 1 < len(rows) else [index]))):
+            batch.append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
@@ -142,6 +179,13 @@ class FastBackend(TransformersBackend):
     - samples the nucleus from a top-k window instead of sorting the 262k-token vocabulary,
     - drops finished sequences from the batch instead of decoding padding until the longest ends."""
 
+    def _forward(self, module, **inputs):
+        """`module(**inputs)` with the KV cache passed under the name this transformers version uses
+        (5.x renamed `past_key_values` to `cache`; the older name still works there, with a warning)."""
+        name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+        inputs[name] = inputs.pop("kv_cache")
+        return module(**inputs)
+
     def _generate_batch(self, batch, n, temperature, top_p, max_new_tokens, seed, stop_strings):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         return self._decode(batch["input_ids"], batch["attention_mask"], n, temperature, top_p, max_new_tokens,
@@ -154,9 +198,9 @@ class FastBackend(TransformersBackend):
         cache = DynamicCache(config=self.model.config)
         length = input_ids.shape[1]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                            cache_position=torch.arange(length, device=self.device), past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1]
+        logits = self._forward(self.model, input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                               cache_position=torch.arange(length, device=self.device), kv_cache=cache,
+                               use_cache=True, logits_to_keep=1).logits[:, -1]
         if n > 1:  # one prefill, n continuations
             cache.batch_repeat_interleave(n)
             mask, logits, positions = (t.repeat_interleave(n, dim=0) for t in (mask, logits, positions))
@@ -179,11 +223,63 @@ class FastBackend(TransformersBackend):
                 cache.batch_select_indices(keep)
                 alive, mask, tokens, next_position = alive[keep], mask[keep], tokens[keep], next_position[keep]
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            logits = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_position[:, None],
-                                cache_position=torch.tensor([length + step], device=self.device),
-                                past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = self._forward(self.model, input_ids=tokens[:, None], attention_mask=mask,
+                                   position_ids=next_position[:, None], kv_cache=cache, use_cache=True,
+                                   cache_position=torch.tensor([length + step], device=self.device)).logits[:, -1]
             next_position = next_position + 1
         return generated
+
+    @torch.no_grad()
+    def option_probs(self, prefixes, options):
+        """As `TransformersBackend.option_probs`, but without prefilling the same tokens twice: the judge
+        instructions all prefixes begin with are prefilled once per call, and the k judgments of one
+        candidate share the prefill of its judge prompt. Only each row's own tail is computed per row,
+        and the output layer runs on its last token only."""
+        encoded = [self.option_token_ids(p, options) for p in prefixes]
+        rows = [ids for ids, _ in encoded]
+        common = common_prefix_length(rows)
+        start = self._extend(self._new_cache(), rows[0][:common], 0)
+        results: list = [None] * len(rows)
+        with tqdm(total=len(rows), desc="reading scores", unit="judgment") as bar:
+            for batch in shared_prefix_batches(rows, self.batch_size):
+                shared = common_prefix_length([rows[i] for i in batch]) if len(batch) > 1 else common
+                cache = self._extend(copy.deepcopy(start), rows[batch[0]][common:shared], common)
+                cache.batch_repeat_interleave(len(batch))
+                last_hidden = self._last_hidden([rows[i][shared:] for i in batch], cache, shared)
+                probs = head_logits(self.model, last_hidden).float().softmax(-1)
+                for row, index in enumerate(batch):
+                    results[index] = _read_options(probs[row], encoded[index][1])
+                bar.update(len(batch))
+        return results
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config)
+
+    def _extend(self, cache, tokens: list[int], past: int):
+        """Prefill `tokens` (one row) after `past` cached tokens; the output layer is not run."""
+        if tokens:
+            ids = torch.tensor([tokens], device=self.device)
+            positions = torch.arange(past, past + len(tokens), device=self.device)
+            mask = torch.ones(1, past + len(tokens), dtype=torch.long, device=self.device)
+            self._forward(self.model.get_decoder(), input_ids=ids, attention_mask=mask, position_ids=positions[None],
+                          cache_position=positions, kv_cache=cache, use_cache=True)
+        return cache
+
+    def _last_hidden(self, tails: list[list[int]], cache, past: int) -> torch.Tensor:
+        """Each row's tail after the shared cache, right-padded; the hidden state of its last token."""
+        width = max(len(t) for t in tails)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=self.device)
+        tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails], device=self.device)
+        mask = torch.cat([tail_mask.new_ones(len(tails), past), tail_mask], dim=1)
+        positions = torch.arange(past, past + width, device=self.device)
+        hidden = self._forward(self.model.get_decoder(), input_ids=ids, attention_mask=mask,
+                               position_ids=positions.expand(len(tails), -1), cache_position=positions,
+                               kv_cache=cache, use_cache=True).last_hidden_state
+        last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
+        return hidden[torch.arange(len(tails), device=self.device), last]
 
     def _hits_stop_string(self, tokens: list[int], stop_strings: list[str]) -> bool:
         tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)

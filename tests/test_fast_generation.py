@@ -1,8 +1,10 @@
 """The fast engine against plain `model.generate`: identical greedy tokens, the same sampling law."""
+import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from selfreward.generation import FastBackend, TransformersBackend, sample_top_p
+from selfreward.generation import (FastBackend, TransformersBackend, common_prefix_length, sample_top_p,
+                                   shared_prefix_batches)
 
 PROMPTS = ["What is the capital of France?", "Sort a list", "Write a haiku about rain please, a long one"]
 
@@ -63,3 +65,28 @@ def test_samples_share_the_prefill_and_are_seeded(tiny_backend):
     assert [len(c) for c in first] == [3, 3, 3]
     assert first == fast.generate(prompts, n=3, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=5)
     assert isinstance(fast, TransformersBackend)  # same interface, option_probs included
+
+
+def test_shared_prefix_batches_group_the_judgments_of_a_candidate():
+    instructions = list(range(100))
+    judgments = [instructions + [1000 + c] * 40 + [5000 + k, 7] for c in range(3) for k in range(2)]
+    strangers = [instructions + [2000 + i] * 5 for i in range(3)]
+    assert shared_prefix_batches(judgments, 16) == [[0, 1], [2, 3], [4, 5]]
+    assert shared_prefix_batches(strangers[:2] + judgments[:4] + strangers[2:] + strangers, 3) == \
+        [[0, 1], [2, 3], [4, 5], [6, 7, 8], [9]]
+    assert shared_prefix_batches(judgments, 1) == [[i] for i in range(6)]
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # each row keeps a token of its own
+
+
+def test_option_probs_with_shared_prefill_equal_the_plain_ones(tiny_backend):
+    backend, chat = tiny_backend
+    fast = FastBackend(backend.model, backend.tokenizer, backend.stop_ids, batch_size=3)
+    instructions = "Review the user's question and the response below and grade it. " * 4
+    prefixes = [chat.prompt(f"{instructions}User: {question}") + f"{reasoning}\nScore:"
+                for question in ["Sort a list in Python please, with an example of sorted.", "Name a prime."]
+                for reasoning in ["The answer is relevant.", "It is short", " Fine."]]
+    prefixes.append(chat.prompt("Something else entirely") + "\nScore:")
+    options = [f" {d}" for d in range(6)]
+    plain, shared = backend.option_probs(prefixes, options), fast.option_probs(prefixes, options)
+    for (plain_probs, plain_mass), (probs, mass) in zip(plain, shared, strict=True):
+        assert probs == pytest.approx(plain_probs, abs=1e-5) and mass == pytest.approx(plain_mass, rel=1e-4)
