@@ -86,12 +86,26 @@ class EndpointPairwiseJudge:
 
 def head_to_head(judge_, instructions: list[str], responses_x: list[str], responses_y: list[str]) -> dict:
     """Win/tie/loss of X against Y, judged in both orders; plus the judge's first-slot rate."""
-    forward = judge_.verdicts(list(zip(instructions, responses_x, responses_y)))
-    backward = judge_.verdicts(list(zip(instructions, responses_y, responses_x)))
-    result = tally([f["verdict"] for f in forward], [b["verdict"] for b in backward])
-    result["records"] = [{"instruction": i, "outcome": o, "forward": f, "backward": b}
-                         for i, o, f, b in zip(instructions, result.pop("outcomes"), forward, backward)]
-    return result
+    return head_to_heads(judge_, instructions, {"x": responses_x, "y": responses_y}, [("x", "y")])["x vs y"]
+
+
+def head_to_heads(judge_, instructions: list[str], responses: dict[str, list[str]],
+                  pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """`head_to_head` for several pairs of response sets at once. All verdicts go to the judge in one
+    call, ordered by instruction and first output, so that a local judge prefills each instruction and
+    each first output once for all the comparisons that share them."""
+    wanted = sorted({(i, a, b) for x, y in pairs for a, b in [(x, y), (y, x)] for i in range(len(instructions))})
+    verdicts = dict(zip(wanted, judge_.verdicts([(instructions[i], responses[a][i], responses[b][i])
+                                                 for i, a, b in wanted])))
+    results = {}
+    for x, y in pairs:
+        forward = [verdicts[i, x, y] for i in range(len(instructions))]
+        backward = [verdicts[i, y, x] for i in range(len(instructions))]
+        result = tally([f["verdict"] for f in forward], [b["verdict"] for b in backward])
+        result["records"] = [{"instruction": i, "outcome": o, "forward": f, "backward": b}
+                             for i, o, f, b in zip(instructions, result.pop("outcomes"), forward, backward)]
+        results[f"{x} vs {y}"] = result
+    return results
 
 
 def tally(forward: list, backward: list) -> dict:

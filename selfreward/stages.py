@@ -229,14 +229,11 @@ def run_evaluation(config, run_dir) -> dict:
         gc.collect()
     judge_, judge_name = _pairwise_judge(cfg, run_dir)
     texts = {name: [r["response"] for r in rows] for name, rows in responses.items()}
-    comparisons = {}
-    for x, y in [c for c in evaluation.COMPARISONS if c[0] in texts and c[1] in texts]:
-        comparisons[f"{x} vs {y}"] = evaluation.head_to_head(judge_, instructions, texts[x], texts[y])
+    pairs = [c for c in evaluation.COMPARISONS if c[0] in texts and c[1] in texts]
     if cfg.evaluation.reference:
-        references = [p["reference"] for p in prompts]
-        for name in texts:
-            comparisons[f"{name} vs reference"] = evaluation.head_to_head(judge_, instructions, texts[name],
-                                                                          references)
+        pairs += [(name, "reference") for name in list(texts)]
+        texts["reference"] = [p["reference"] for p in prompts]
+    comparisons = evaluation.head_to_heads(judge_, instructions, texts, pairs)
     write_json(out / "head_to_head.json", {"judge": judge_name, "prompts": len(prompts), "comparisons": comparisons})
     summary = {key: f"{c['win']}/{c['tie']}/{c['loss']}" for key, c in comparisons.items()}
     return _finish(run_dir, "evaluation", {"judge": judge_name, "eval_prompts": len(prompts),

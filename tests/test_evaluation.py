@@ -2,9 +2,13 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import itertools
+
 import pytest
 
-from selfreward.evaluation import EndpointPairwiseJudge, EvaluationError, LocalPairwiseJudge, head_to_head, tally
+from selfreward.evaluation import (EndpointPairwiseJudge, EvaluationError, LocalPairwiseJudge, head_to_head,
+                                   head_to_heads, tally)
+from selfreward.generation import FastBackend
 
 
 def test_tally_counts_both_orders_and_position_bias():
@@ -25,6 +29,27 @@ def test_head_to_head_with_a_real_local_judge(tiny_backend):
     assert result["win"] + result["tie"] + result["loss"] == 2 and len(result["records"]) == 2
     for record in result["records"]:  # the same pair judged in both orders
         assert record["forward"]["verdict"] in ("a", "b") and record["backward"]["verdict"] in ("a", "b")
+
+
+def test_all_comparisons_in_one_call_equal_one_call_each(tiny_backend):
+    backend, chat = tiny_backend
+    fast = FastBackend(backend.model, backend.tokenizer, backend.stop_ids, batch_size=4)
+    judge = LocalPairwiseJudge(fast, chat, "constrained")
+    calls = []
+    recording = type("Recording", (), {"verdicts": lambda self, triples: calls.append(triples) or judge.verdicts(triples)})()
+    instructions = ["Name a colour.", "Say hi.", "Write a haiku about rain please"]
+    responses = {"m1": ["Blue.", "Hi!", "Rain falls"], "m2": ["Seven.", "No.", "Soft rain on the roof"],
+                 "reference": ["Green is a colour.", "Hello there!", "Grey clouds, green garden"]}
+    pairs = [("m2", "m1"), ("m1", "reference"), ("m2", "reference")]
+    together = head_to_heads(recording, instructions, responses, pairs)
+    assert len(calls) == 1 and len(calls[0]) == 3 * 2 * len(instructions)
+    firsts = [t[:2] for t in calls[0]]  # each instruction, and each first output in it, in one run of rows
+    assert len(list(itertools.groupby(firsts))) == len(set(firsts)) == 3 * len(instructions)
+    for x, y in pairs:
+        alone = head_to_head(LocalPairwiseJudge(backend, chat, "constrained"), instructions, responses[x], responses[y])
+        records = together[f"{x} vs {y}"]["records"]
+        assert [r["outcome"] for r in records] == [r["outcome"] for r in alone["records"]]
+        assert [r["forward"]["p_a"] for r in records] == pytest.approx([r["forward"]["p_a"] for r in alone["records"]])
 
 
 def test_local_constrained_judge_reads_a_and_b(tiny_backend):
