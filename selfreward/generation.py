@@ -130,6 +130,19 @@ def common_prefix_length(rows: list[list[int]]) -> int:
     return length
 
 
+def similar_lengths(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
+    """Positions grouped by length so that right-padding a group to its longest member costs at most
+    `slack` times its real tokens."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and lengths[index] * (len(current) + 1) > slack * (sum(lengths[i] for i in current) + lengths[index]):
+            groups.append(current)
+            current = []
+        current.append(index)
+    return groups + [current] if current else groups
+
+
 def shared_prefix_batches(rows: list[list[int]], batch_size: int, min_shared: int = 32) -> list[list[int]]:
     """Consecutive rows packed into batches that share one prefill. A batch is either a group, rows
     sharing at least `min_shared` tokens beyond the start all rows share (the k judgments of one
@@ -154,22 +167,29 @@ def shared_prefix_batches(rows: list[list[int]], batch_size: int, min_shared: in
 def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
     """Temperature then nucleus sampling, exactly as transformers' warpers define them, without
     sorting the whole vocabulary: the nucleus almost always lies in the top few dozen tokens, so we
-    widen a top-k window until it holds `top_p` of the mass, and sort only that window."""
+    take a top-k window and widen it, for the rows that need it only, until it holds `top_p` of the
+    mass; only the window is sorted."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = (logits.float() / temperature).softmax(-1)
     if top_p >= 1:
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     vocab, k = probs.shape[-1], min(64, probs.shape[-1])
+    choice = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+    rows = None  # all of them
     while True:
-        top, index = probs.topk(k, dim=-1)
-        if k == vocab or bool((top.sum(-1) >= top_p).all()):
-            break
+        top, index = (probs if rows is None else probs[rows]).topk(k, dim=-1)
+        ready = (top.sum(-1) >= top_p) | (k == vocab)
+        everyone = torch.arange(len(probs), device=probs.device) if rows is None else rows
+        if bool(ready.any()):
+            # keep a token while the mass strictly above it is below top_p (the most likely is always kept)
+            top, index = top[ready], index[ready]
+            keep = (top.cumsum(-1) - top) < top_p
+            choice[everyone[ready]] = index.gather(-1, torch.multinomial(top * keep, 1, generator=generator)).squeeze(-1)
+        rows = everyone[~ready]
+        if len(rows) == 0:
+            return choice
         k = min(4 * k, vocab)
-    # keep a token while the mass strictly above it is below top_p (the most likely is always kept)
-    keep = (top.cumsum(-1) - top) < top_p
-    choice = torch.multinomial(top * keep, 1, generator=generator)
-    return index.gather(-1, choice).squeeze(-1)
 
 
 class FastBackend(TransformersBackend):
@@ -244,11 +264,15 @@ class FastBackend(TransformersBackend):
             for batch in shared_prefix_batches(rows, self.batch_size):
                 shared = common_prefix_length([rows[i] for i in batch]) if len(batch) > 1 else common
                 cache = self._extend(copy.deepcopy(start), rows[batch[0]][common:shared], common)
-                cache.batch_repeat_interleave(len(batch))
-                last_hidden = self._last_hidden([rows[i][shared:] for i in batch], cache, shared)
-                probs = head_logits(self.model, last_hidden).float().softmax(-1)
-                for row, index in enumerate(batch):
-                    results[index] = _read_options(probs[row], encoded[index][1])
+                tails = [rows[i][shared:] for i in batch]
+                groups = similar_lengths([len(t) for t in tails])
+                for group in groups:  # a short tail is not padded to a long one's length
+                    group_cache = copy.deepcopy(cache) if len(groups) > 1 else cache
+                    group_cache.batch_repeat_interleave(len(group))
+                    last_hidden = self._last_hidden([tails[g] for g in group], group_cache, shared)
+                    probs = head_logits(self.model, last_hidden).float().softmax(-1)
+                    for row, g in enumerate(group):
+                        results[batch[g]] = _read_options(probs[row], encoded[batch[g]][1])
                 bar.update(len(batch))
         return results
 

@@ -52,3 +52,25 @@ def test_fast_engine_matches_generate_on_gemma(gemma):
     prompts = [chat.prompt("Name three colours."), chat.prompt("What is the boiling point of water at sea level?")]
     assert fast.generate(prompts, temperature=0, max_new_tokens=12) == \
         backend.generate(prompts, temperature=0, max_new_tokens=12)
+
+
+def test_shared_prefill_scores_match_on_gemma_past_its_sliding_window():
+    """Judge prompts longer than Gemma-3's 512-token sliding window, in float32 so that the only
+    differences left are summation order: shared prefills must give the plain probabilities."""
+    from selfreward.generation import FastBackend
+    from selfreward.judging import SCORE_OPTIONS
+    from selfreward.prompts import judge_prompt
+
+    path = models.resolve(models.EMBEDDED_GEMMA)
+    tokenizer = models.load_tokenizer(path)
+    model = models.load_model(path, dtype="float32", device="cpu")
+    chat = models.chat_format_for(tokenizer)
+    plain = TransformersBackend(model, tokenizer, [tokenizer.eos_token_id], batch_size=4)
+    fast = FastBackend(model, tokenizer, [tokenizer.eos_token_id], batch_size=4)
+    long_answer = "Paris is the capital of France, on the Seine, and its largest city. " * 30
+    prefixes = [f"{chat.prompt(judge_prompt('What is the capital of France?', answer))}{reasoning}\nScore:"
+                for answer in [long_answer, "Bananas."] for reasoning in ["It answers the question.", "Off topic."]]
+    assert max(len(tokenizer(p).input_ids) for p in prefixes) > model.config.sliding_window
+    for (expected, _), (probs, _) in zip(plain.option_probs(prefixes, SCORE_OPTIONS),
+                                         fast.option_probs(prefixes, SCORE_OPTIONS), strict=True):
+        assert probs == pytest.approx(expected, abs=2e-3)

@@ -4,7 +4,7 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from selfreward.generation import (FastBackend, TransformersBackend, common_prefix_length, sample_top_p,
-                                   shared_prefix_batches)
+                                   shared_prefix_batches, similar_lengths)
 
 PROMPTS = ["What is the capital of France?", "Sort a list", "Write a haiku about rain please, a long one"]
 
@@ -57,6 +57,20 @@ def test_sampling_frequencies_match_transformers():
     assert 0.5 * (observed - expected).abs().sum() < 0.02  # total variation distance
 
 
+def test_rows_widen_their_window_independently():
+    """A flat row needs a window far past 64 tokens while peaked rows beside it do not."""
+    torch.manual_seed(0)
+    flat, peaked = torch.randn(5000) * 0.3, torch.randn(5000) * 8
+    logits = torch.stack([flat, peaked] * 500)
+    hf = _hf_kept(logits[:2], 0.7, 0.9)
+    tokens = sample_top_p(logits, 0.7, 0.9, torch.Generator().manual_seed(3)).view(500, 2)
+    for row in range(2):
+        assert bool(hf[row, tokens[:, row]].all())  # inside transformers' nucleus
+    top64 = set(flat.topk(64).indices.tolist())
+    assert sum(t not in top64 for t in tokens[:, 0].tolist()) > 300  # the flat row used its wide window
+    assert hf[0].sum() > 1000 and hf[1].sum() < 64
+
+
 def test_samples_share_the_prefill_and_are_seeded(tiny_backend):
     backend, chat = tiny_backend
     fast = FastBackend(backend.model, backend.tokenizer, backend.stop_ids, batch_size=6)
@@ -78,13 +92,23 @@ def test_shared_prefix_batches_group_the_judgments_of_a_candidate():
     assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # each row keeps a token of its own
 
 
+def test_similar_lengths_bound_the_padding():
+    lengths = [100, 10, 12, 95, 11, 400]
+    groups = similar_lengths(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert groups == [[1, 4, 2], [3, 0], [5]]
+    for group in groups:
+        assert max(lengths[i] for i in group) * len(group) <= 1.25 * sum(lengths[i] for i in group)
+    assert similar_lengths([]) == []
+
+
 def test_option_probs_with_shared_prefill_equal_the_plain_ones(tiny_backend):
     backend, chat = tiny_backend
     fast = FastBackend(backend.model, backend.tokenizer, backend.stop_ids, batch_size=3)
     instructions = "Review the user's question and the response below and grade it. " * 4
     prefixes = [chat.prompt(f"{instructions}User: {question}") + f"{reasoning}\nScore:"
                 for question in ["Sort a list in Python please, with an example of sorted.", "Name a prime."]
-                for reasoning in ["The answer is relevant.", "It is short", " Fine."]]
+                for reasoning in ["The answer is relevant. " * 12, "It is short", " Fine."]]
     prefixes.append(chat.prompt("Something else entirely") + "\nScore:")
     options = [f" {d}" for d in range(6)]
     plain, shared = backend.option_probs(prefixes, options), fast.option_probs(prefixes, options)
