@@ -5,7 +5,8 @@ import torch
 
 from selfreward.config import DPOConfig, ModelConfig, TrainConfig
 from selfreward.models import load_model, load_tokenizer
-from selfreward.training import SelectedLogProbs, TrainingError, dpo, dpo_trainer, sft, sft_trainer, token_logprobs
+from selfreward.training import (FastDropout, SelectedLogProbs, TrainingError, dpo, dpo_trainer, sft, sft_trainer,
+                                 token_logprobs, use_fast_dropout)
 
 MODEL = ModelConfig(spec="tiny", dtype="float32", finetune="full", device="cpu")
 EXAMPLES = [{"prompt": "What is the capital of France?", "response": "Paris."},
@@ -151,3 +152,17 @@ def test_selected_logprobs_gradients_equal_autograds(cap, recompute, monkeypatch
         grads.append((values.double().detach(), h.grad, w.grad))
     for expected, ours in zip(*grads):
         torch.testing.assert_close(ours, expected)
+
+
+def test_fast_dropout_has_dropouts_law_and_replaces_it():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.25), torch.nn.Sequential(torch.nn.Dropout(0.1)))
+    use_fast_dropout(model)
+    assert [type(m) for m in model.modules()].count(torch.nn.Dropout) == 0
+    dropout = model[1]
+    assert isinstance(dropout, FastDropout) and dropout.p == 0.25
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = dropout.train()(x)
+    assert (y == 0).float().mean().item() == pytest.approx(0.25, abs=0.005)
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.75)] and y.mean().item() == pytest.approx(1, abs=0.01)
+    assert torch.equal(dropout.eval()(x), x)
