@@ -1,6 +1,7 @@
 """Generation throughput: selfreward's FastBackend against plain `model.generate`, same prompts and
-sampling settings (temperature 0.7, top-p 0.9), in one run. Prints tokens/s of both and their ratio
-and writes JSON.
+sampling settings (temperature 0.7, top-p 0.9), in one run. Then constrained judging: reading
+P(score) after k judgments of each candidate, with and without sharing the prefill of the judge
+instructions and of each candidate's judge prompt. Prints both timings and their ratios, writes JSON.
 
   python benchmarks/bench_generate.py                      # CPU, the embedded Gemma-3-270M
   python benchmarks/bench_generate.py --random-init --batch 256 --device cuda   # GPU, same cost
@@ -16,10 +17,17 @@ import torch
 from selfreward import data, models
 from selfreward.config import DataConfig
 from selfreward.generation import FastBackend, TransformersBackend
+from selfreward.judging import SCORE_OPTIONS
+from selfreward.prompts import judge_prompt
+
+# two judge "reasonings" of typical length; their content does not change the cost of reading scores
+REASONINGS = ["The response is relevant and answers the basic elements of the question, but it is not "
+              "complete and some details are missing or unclear.",
+              "It addresses the question directly; the explanation is short and could be better organised."]
 
 
-def load(random_init: bool, device: str, dtype: str):
-    path = models.resolve(models.EMBEDDED_GEMMA)
+def load(random_init: bool, device: str, dtype: str, config_dir: str | None):
+    path = config_dir or models.resolve(models.EMBEDDED_GEMMA)
     tokenizer = models.load_tokenizer(path)
     if random_init:  # Gemma-3-270M's config with random weights costs the same per token
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -31,10 +39,28 @@ def load(random_init: bool, device: str, dtype: str):
     return model.to(device).eval(), tokenizer
 
 
-def prompts(count: int) -> list[str]:
-    threads = data.first_turn_threads(data.load_oasst("train", DataConfig()), max_prompt_chars=400)
+def oasst_examples(count: int) -> list[dict]:
+    threads = data.first_turn_threads(data.load_oasst("train", DataConfig()), max_prompt_chars=400,
+                                      max_response_chars=600)
     seed = data.ift_seed(threads, count, seed=0)
-    return [e["prompt"] for e in seed] * (count // max(len(seed), 1) + 1)
+    return (seed * (count // max(len(seed), 1) + 1))[:count]
+
+
+def judge_prefixes(chat, count: int) -> list[str]:
+    """What constrained judging reads: each candidate's judge prompt, one of k reasonings, "Score:"."""
+    return [f"{chat.prompt(judge_prompt(e['prompt'], e['response']))}{reasoning}\nScore:"
+            for e in oasst_examples(count) for reasoning in REASONINGS]
+
+
+def _differences(probs_a, probs_b) -> list[float]:
+    return [abs(a - b) for p, q in zip(probs_a, probs_b) if p and q for a, b in zip(p, q)]
+
+
+def timed_scores(backend, prefixes) -> dict:
+    start = time.perf_counter()
+    probs = backend.option_probs(prefixes, SCORE_OPTIONS)
+    seconds = time.perf_counter() - start
+    return {"judgments": len(prefixes), "seconds": round(seconds, 2), "probs": [p for p, _ in probs]}
 
 
 def timed(backend, texts, args) -> dict:
@@ -54,13 +80,15 @@ def main():
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--random-init", action="store_true")
+    parser.add_argument("--config-dir", help="config and tokenizer of the model (default: the embedded Gemma)")
+    parser.add_argument("--judged-candidates", type=int, default=32)
     parser.add_argument("--out", default="benchmarks/bench_generate.json")
     args = parser.parse_args()
     device = models.pick_device(args.device)
-    model, tokenizer = load(args.random_init, device, args.dtype)
+    model, tokenizer = load(args.random_init, device, args.dtype, args.config_dir)
     chat = models.chat_format_for(tokenizer)
     stops = models.stop_token_ids(tokenizer, chat)
-    texts = [chat.prompt(p) for p in prompts(args.batch)][: args.batch]
+    texts = [chat.prompt(e["prompt"]) for e in oasst_examples(args.batch)]
     plain = TransformersBackend(model, tokenizer, stops, batch_size=args.batch)
     fast = FastBackend(model, tokenizer, stops, batch_size=args.batch)
     timed(fast, texts[:2], argparse.Namespace(max_new_tokens=4))  # warm-up
@@ -68,6 +96,21 @@ def main():
               "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "random_init": args.random_init,
               "generate": timed(plain, texts, args), "fast": timed(fast, texts, args)}
     result["speedup"] = round(result["fast"]["tokens_per_s"] / result["generate"]["tokens_per_s"], 2)
+
+    prefixes = judge_prefixes(chat, args.judged_candidates)
+    plain_scores, shared_scores = timed_scores(plain, prefixes), timed_scores(fast, prefixes)
+    # bf16 sums depend on batch shapes: the plain path at another batch size gives the noise floor
+    smaller = TransformersBackend(model, tokenizer, stops, batch_size=max(1, args.batch // 4))
+    floor = timed_scores(smaller, prefixes)["probs"]
+    plain_probs = plain_scores.pop("probs")
+    differences = _differences(plain_probs, shared_scores.pop("probs"))
+    prompt_tokens = [len(plain.option_token_ids(p, SCORE_OPTIONS)[0]) for p in prefixes]
+    result["judge_scores"] = {"candidates": args.judged_candidates, "judgments_per_candidate": len(REASONINGS),
+                              "mean_prefix_tokens": round(sum(prompt_tokens) / len(prompt_tokens), 1),
+                              "plain": plain_scores, "shared_prefill": shared_scores,
+                              "speedup": round(plain_scores["seconds"] / shared_scores["seconds"], 2),
+                              "max_probability_difference": round(max(differences), 5),
+                              "plain_vs_plain_smaller_batch": round(max(_differences(plain_probs, floor)), 5)}
     print(json.dumps(result, indent=2))
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=2)
