@@ -59,7 +59,8 @@ class DataConfig:
 
 @dataclass
 class GenerationConfig:
-    backend: Literal["transformers", "fast"] = "transformers"  # fast: selfreward.generation.FastBackend
+    # fast: selfreward.generation.FastBackend (same outputs, 5x on CPU); transformers: plain `generate`
+    backend: Literal["transformers", "fast"] = "fast"
     batch_size: int = 16
 
     def validate(self, key):
