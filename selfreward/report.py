@@ -189,10 +189,15 @@ def aift_statistics(run_dir) -> pd.DataFrame:
 
 
 def stage_times(run_dir) -> pd.DataFrame:
+    """Wall time and generated tokens of each stage, and their sum over the finished stages."""
     manifest = read_json(Path(run_dir) / "manifest.json")
     rows = [{"stage": name, "status": e.get("status"), "minutes": round(e.get("duration_s", 0) / 60, 2),
              "tokens generated": e.get("counts", {}).get("tokens_generated")}
             for name, e in manifest["stages"].items()]
+    done = [r for r in rows if r["status"] == "done"]
+    rows.append({"stage": "all finished stages", "status": f"{len(done)} done",
+                 "minutes": round(sum(r["minutes"] for r in done), 2),
+                 "tokens generated": sum(r["tokens generated"] or 0 for r in done)})
     return pd.DataFrame(rows).set_index("stage")
 
 
