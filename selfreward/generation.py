@@ -7,6 +7,7 @@ distributed backends implement the same two methods.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Protocol
@@ -192,6 +193,13 @@ def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generat
         k = min(4 * k, vocab)
 
 
+@functools.cache
+def _cache_argument(module_class) -> str:
+    """transformers 5.x renamed forward's `past_key_values` to `cache` (the old name still works there,
+    with a warning); read once per class, not on every decode step."""
+    return "cache" if "cache" in inspect.signature(module_class.forward).parameters else "past_key_values"
+
+
 class FastBackend(TransformersBackend):
     """A decode loop of our own around the model's forward pass. Same outputs as `generate` for
     greedy decoding and the same sampling distribution, but it
@@ -200,10 +208,8 @@ class FastBackend(TransformersBackend):
     - drops finished sequences from the batch instead of decoding padding until the longest ends."""
 
     def _forward(self, module, **inputs):
-        """`module(**inputs)` with the KV cache passed under the name this transformers version uses
-        (5.x renamed `past_key_values` to `cache`; the older name still works there, with a warning)."""
-        name = "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
-        inputs[name] = inputs.pop("kv_cache")
+        """`module(**inputs)` with the KV cache passed under the name this transformers version uses."""
+        inputs[_cache_argument(type(module))] = inputs.pop("kv_cache")
         return module(**inputs)
 
     def _generate_batch(self, batch, n, temperature, top_p, max_new_tokens, seed, stop_strings):
@@ -213,9 +219,7 @@ class FastBackend(TransformersBackend):
 
     @torch.no_grad()
     def _decode(self, input_ids, mask, n, temperature, top_p, max_new_tokens, generator, stop_strings):
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
+        cache = self._new_cache()
         length = input_ids.shape[1]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self._forward(self.model, input_ids=input_ids, attention_mask=mask, position_ids=positions,

@@ -208,9 +208,14 @@ def save_model(model, tokenizer, out_dir, extra_json: dict | None = None):
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Logits for chosen hidden states only. The forward pass would project every position through the
     output layer (262k x 640 on Gemma-3, 63% of its weights); callers that need a few positions run the
-    decoder and then this. Applies the final soft-capping of models that have one (Gemma-2)."""
-    logits = model.get_output_embeddings()(hidden)
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits
+    decoder and then this."""
+    return soft_cap(model.get_output_embeddings()(hidden), final_logit_cap(model))
+
+
+def final_logit_cap(model) -> float | None:
+    """The final logit soft-capping of models that have one (Gemma-2), else None."""
+    return getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+
+
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return torch.tanh(logits / cap) * cap if cap else logits

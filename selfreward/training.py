@@ -10,7 +10,8 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from selfreward.models import chat_format_for, load_model, load_tokenizer, pick_device, save_model
+from selfreward.models import (chat_format_for, final_logit_cap, load_model, load_tokenizer, pick_device, save_model,
+                               soft_cap)
 
 
 class TrainingError(ValueError):
@@ -54,9 +55,8 @@ def token_logprobs(model, input_ids, attention_mask, labels, recompute: bool = F
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     mask = targets != -100
-    head = model.get_output_embeddings()
-    cap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
-    values = SelectedLogProbs.apply(hidden[:, :-1][mask], head.weight, targets[mask], cap, recompute)
+    weight = model.get_output_embeddings().weight
+    values = SelectedLogProbs.apply(hidden[:, :-1][mask], weight, targets[mask], final_logit_cap(model), recompute)
     # masked_scatter keeps a batch without any response token connected to the graph (a zero loss)
     return values.new_zeros(mask.shape).masked_scatter(mask, values), mask
 
@@ -93,8 +93,7 @@ class SelectedLogProbs(torch.autograd.Function):
 
     @staticmethod
     def _logits(hidden, w, cap):
-        logits = hidden @ w.T
-        return torch.tanh(logits / cap) * cap if cap else logits
+        return soft_cap(hidden @ w.T, cap)
 
     @staticmethod
     def _chunks(n: int):
