@@ -54,7 +54,7 @@ def prepare(run_dir, book_dir=BOOK) -> Path:
     for path in found:
         _copy_for_book(path, target / path.name)
     shutil.copy2(Path(run_dir) / "manifest.json", target / "manifest.json")
-    results = [p for p in found if p.stem.endswith("_results")]
+    results = [p for p in found if p.stem == "results"]
     stages = [p for p in found if p not in results]
     parts = []
     if results:

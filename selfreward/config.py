@@ -174,8 +174,9 @@ class DPOConfig(TrainConfig):
 @dataclass
 class EvaluationConfig:
     enabled: bool = True
-    # head-to-head judge: "base" (M0), a run model (sft_baseline, m1, ...), any model spec, or "endpoint"
-    judge: str = "base"
+    # the model that judges evaluations (head to head): "base" (M0), a run model (sft_baseline, m1, ...),
+    # any model spec, or "endpoint"
+    judge_model: str = "base"
     judge_mode: Literal["sampled", "constrained"] = "constrained"
     endpoint_base_url: Optional[str] = None  # an OpenAI-compatible API, e.g. https://api.openai.com/v1
     endpoint_model: Optional[str] = None
@@ -193,8 +194,8 @@ class EvaluationConfig:
         _positive(self, key, "max_new_tokens", "rm_samples", "bootstrap_samples")
         _check(self.rm_prompts >= 0, f"{key}.rm_prompts", "must be >= 0")
         _sampling(self, key)
-        if self.judge == "endpoint":
-            _check(bool(self.endpoint_base_url and self.endpoint_model), f"{key}.judge",
+        if self.judge_model == "endpoint":
+            _check(bool(self.endpoint_base_url and self.endpoint_model), f"{key}.judge_model",
                    "endpoint needs endpoint_base_url and endpoint_model")
 
 
@@ -221,8 +222,8 @@ class Config:
         _check(_model_reference_ok(self.self_instruct.prompt_model, ["base", "current"]),
                "self_instruct.prompt_model", f"unknown model {self.self_instruct.prompt_model!r} (expected base, "
                "current, or a model spec: a hub id owner/name, a local folder, embedded:..., tiny)")
-        _check(_model_reference_ok(self.evaluation.judge, ["base", "endpoint"] + names),
-               "evaluation.judge", f"unknown model {self.evaluation.judge!r} (expected base, endpoint, "
+        _check(_model_reference_ok(self.evaluation.judge_model, ["base", "endpoint"] + names),
+               "evaluation.judge_model", f"unknown model {self.evaluation.judge_model!r} (expected base, endpoint, "
                f"{', '.join(names)}, or a model spec)")
 
     def to_dict(self) -> dict:

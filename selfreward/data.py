@@ -115,8 +115,3 @@ def _sample(rows: list, size: int, seed: int) -> list:
     if len(rows) <= size:
         return list(rows)
     return random.Random(seed).sample(rows, size)
-
-
-def corpus_texts(threads: list[dict]) -> list[str]:
-    """Prompts and replies as plain texts (to train the tiny model's tokenizer)."""
-    return [t["prompt"] for t in threads] + [r["text"] for t in threads for r in t["replies"]]

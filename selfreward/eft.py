@@ -1,26 +1,17 @@
 """Evaluation fine-tuning (EFT) data: the SFT baseline's judgments that agree with human ranks.
 
-The SFT baseline judges every ranked reply of a training prompt. A prompt's judgments are kept
-only when they *agree* with the humans: every reply got a readable score, and for every two
-replies with different human ranks, the better-ranked one (lower rank) got the strictly higher
-score. A tie in score between differently ranked replies is a disagreement.
+The SFT baseline judges every ranked reply of a training prompt (`judging.ranked_rows`, the same
+rows the reward-model evaluation reads). A prompt's judgments are kept only when they *agree*
+with the humans (`metrics.orders_as_humans`): every reply got a readable score, and for every two
+replies with different human ranks, the better-ranked one got the strictly higher score.
 """
 from __future__ import annotations
 
 import random
 from collections import Counter
 
+from selfreward.metrics import orders_as_humans
 from selfreward.prompts import judge_prompt, judgment_with_score
-
-
-def agrees(scores: list[float | None], ranks: list[int]) -> bool:
-    if len(scores) < 2 or any(s is None for s in scores):
-        return False
-    for i in range(len(scores)):
-        for j in range(len(scores)):
-            if ranks[i] < ranks[j] and not scores[i] > scores[j]:
-                return False
-    return True
 
 
 def rebalance(examples: list[dict], max_share: float, seed: int) -> list[dict]:
@@ -39,33 +30,27 @@ def rebalance(examples: list[dict], max_share: float, seed: int) -> list[dict]:
     return [e for i, e in enumerate(examples) if e["score"] != score or i in chosen]
 
 
-def pick_judgment(result) -> tuple[str, int] | None:
+def pick_judgment(result: dict) -> tuple[str, int] | None:
     """The judgment text to train on and its integer score: the readable sample nearest the mean."""
-    readable = [j for j in result.judgments if j.score is not None]
+    readable = [j for j in result["judgments"] if j["score"] is not None]
     if not readable:
         return None
-    mean = result.score
-    best = min(readable, key=lambda j: abs(j.score - mean))
-    return best.text, int(round(best.score))
+    best = min(readable, key=lambda j: abs(j["score"] - result["score"]))
+    return best["text"], int(round(best["score"]))
 
 
-def build_eft(threads: list[dict], results: list, template: str) -> tuple[list[dict], list[dict]]:
+def build_eft(threads: list[dict], rows: list[dict], template: str) -> tuple[list[dict], list[dict]]:
     """EFT examples from agreeing prompts, and one record per judged prompt (kept or not).
 
-    `results` holds one JudgeResult per reply, in the order of the threads' replies.
+    `rows` are `judging.ranked_rows(threads)`: one per thread, its replies' results in order.
     """
-    examples, records, position = [], [], 0
-    for thread in threads:
-        replies = thread["replies"]
-        judged = results[position:position + len(replies)]
-        position += len(replies)
-        scores = [r.score for r in judged]
-        ok = agrees(scores, [r["rank"] for r in replies])
-        records.append({"prompt_id": thread["prompt_id"], "ranks": [r["rank"] for r in replies],
-                        "scores": scores, "agrees": ok, "results": [r.to_dict() for r in judged]})
+    examples, records = [], []
+    for thread, row in zip(threads, rows, strict=True):
+        ok = len(row["scores"]) >= 2 and orders_as_humans(row["scores"], row["ranks"])
+        records.append({**row, "agrees": ok})
         if not ok:
             continue
-        for reply, result in zip(replies, judged):
+        for reply, result in zip(thread["replies"], row["results"]):
             text, score = pick_judgment(result)
             examples.append({"prompt": judge_prompt(thread["prompt"], reply["text"], template),
                              "response": judgment_with_score(text, score), "score": score,

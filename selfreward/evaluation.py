@@ -13,7 +13,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
-from selfreward.judging import judge
 from selfreward.prompts import PAIRWISE_PREFIX, pairwise_prompt, parse_preference
 
 COMPARISONS = [("m1", "sft_baseline"), ("m2", "sft_baseline"), ("m3", "sft_baseline"),
@@ -24,9 +23,10 @@ class EvaluationError(ValueError):
     """An evaluation that cannot run as configured; the message is one line."""
 
 
-def generate_responses(backend, chat, instructions: list[str], eval_cfg, seed: int, desc: str) -> list[dict]:
-    outputs = backend.generate([chat.prompt(i) for i in instructions], n=1, temperature=eval_cfg.temperature,
-                               top_p=eval_cfg.top_p, max_new_tokens=eval_cfg.max_new_tokens, seed=seed, desc=desc)
+def generate_responses(backend, chat, instructions: list[str], evaluation_cfg, seed: int, desc: str) -> list[dict]:
+    outputs = backend.generate([chat.prompt(i) for i in instructions], n=1, temperature=evaluation_cfg.temperature,
+                               top_p=evaluation_cfg.top_p, max_new_tokens=evaluation_cfg.max_new_tokens, seed=seed,
+                               desc=desc)
     return [{"instruction": i, "response": c.text, "num_tokens": c.num_tokens, "finished": c.finished}
             for i, (c,) in zip(instructions, outputs)]
 
@@ -84,18 +84,18 @@ class EndpointPairwiseJudge:
         return [{"verdict": parse_preference(t), "p_a": None, "text": t} for t in texts]
 
 
-def head_to_head(judge_, instructions: list[str], responses_x: list[str], responses_y: list[str]) -> dict:
+def head_to_head(pairwise_judge, instructions: list[str], responses_x: list[str], responses_y: list[str]) -> dict:
     """Win/tie/loss of X against Y, judged in both orders; plus the judge's first-slot rate."""
-    return head_to_heads(judge_, instructions, {"x": responses_x, "y": responses_y}, [("x", "y")])["x vs y"]
+    return head_to_heads(pairwise_judge, instructions, {"x": responses_x, "y": responses_y}, [("x", "y")])["x vs y"]
 
 
-def head_to_heads(judge_, instructions: list[str], responses: dict[str, list[str]],
+def head_to_heads(pairwise_judge, instructions: list[str], responses: dict[str, list[str]],
                   pairs: list[tuple[str, str]]) -> dict[str, dict]:
     """`head_to_head` for several pairs of response sets at once. All verdicts go to the judge in one
     call, ordered by instruction and first output, so that a local judge prefills each instruction and
     each first output once for all the comparisons that share them."""
     wanted = sorted({(i, a, b) for x, y in pairs for a, b in [(x, y), (y, x)] for i in range(len(instructions))})
-    verdicts = dict(zip(wanted, judge_.verdicts([(instructions[i], responses[a][i], responses[b][i])
+    verdicts = dict(zip(wanted, pairwise_judge.verdicts([(instructions[i], responses[a][i], responses[b][i])
                                                  for i, a, b in wanted])))
     results = {}
     for x, y in pairs:
@@ -131,17 +131,3 @@ def tally(forward: list, backward: list) -> dict:
         "unreadable_verdicts": len(forward) + len(backward) - len(readable),
         "outcomes": outcomes,
     }
-
-
-def reward_model_scores(backend, chat, threads: list[dict], judge_cfg, seed: int, desc: str) -> list[dict]:
-    """Judge every ranked reply; one row per prompt: human ranks, judge scores, judgments."""
-    items = [(t["prompt"], r["text"]) for t in threads for r in t["replies"]]
-    results = iter(judge(backend, chat, items, judge_cfg, seed=seed, desc=desc))
-    rows = []
-    for t in threads:
-        judged = [next(results) for _ in t["replies"]]
-        rows.append({"prompt_id": t["prompt_id"], "ranks": [r["rank"] for r in t["replies"]],
-                     "scores": [j.score for j in judged], "judgments": sum(len(j.judgments) for j in judged),
-                     "failures": sum(j.failures for j in judged), "mode": judged[0].mode,
-                     "results": [j.to_dict() for j in judged]})
-    return rows

@@ -1,20 +1,23 @@
 """Batched sampling behind a small backend interface.
 
-A backend turns prompt strings into completions and reads next-token probabilities over a few
-options (for constrained judging). `TransformersBackend` is plain `model.generate`; faster or
-distributed backends implement the same two methods.
+A backend turns prompt strings into completions (`generate`) and reads next-token probabilities
+over a few options (`option_probs`, for constrained judging). `TransformersBackend` is plain
+`model.generate`; `FastBackend` is selfreward's own decode loop with the same outputs.
+`loaded_backend` loads one for a model folder and frees it when the block ends.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
+import gc
 import inspect
 from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 from tqdm import tqdm  # text bars: papermill streams them to the log
 
+from selfreward import models
 from selfreward.models import head_logits
 
 
@@ -23,16 +26,6 @@ class Completion:
     text: str
     num_tokens: int
     finished: bool  # ended at a stop token rather than at the length limit
-
-
-class GenerationBackend(Protocol):
-    def generate(self, prompts: list[str], *, n: int = 1, temperature: float = 0.7, top_p: float = 0.9,
-                 max_new_tokens: int = 256, seed: int = 0, desc: str = "generating",
-                 stop_strings: list[str] | None = None) -> list[list[Completion]]:
-        ...
-
-    def option_probs(self, prefixes: list[str], options: list[str]) -> list[tuple[list[float], float]]:
-        ...
 
 
 class TransformersBackend:
@@ -47,6 +40,10 @@ class TransformersBackend:
     @property
     def device(self):
         return self.model.device
+
+    def release(self):
+        """Drop the model so that its memory can be freed (see `loaded_backend`)."""
+        self.model = None
 
     @torch.no_grad()
     def generate(self, prompts, *, n=1, temperature=0.7, top_p=0.9, max_new_tokens=256, seed=0,
@@ -312,3 +309,26 @@ class FastBackend(TransformersBackend):
     def _hits_stop_string(self, tokens: list[int], stop_strings: list[str]) -> bool:
         tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
         return any(s in tail for s in stop_strings)
+
+
+def load_backend(path: str, cfg) -> tuple[TransformersBackend, models.ChatFormat]:
+    """The generation engine of `cfg.generation.backend` for the model folder `path`, and its chat format."""
+    tokenizer = models.load_tokenizer(path)
+    model = models.load_model(path, dtype=cfg.model.dtype, device=cfg.model.device)
+    chat = models.chat_format_for(tokenizer, cfg.model.chat_format)
+    engine = FastBackend if cfg.generation.backend == "fast" else TransformersBackend
+    return engine(model, tokenizer, models.stop_token_ids(tokenizer, chat), cfg.generation.batch_size), chat
+
+
+@contextlib.contextmanager
+def loaded_backend(path: str, cfg):
+    """`load_backend` for the length of a block; the model's memory is freed when it ends, before the
+    next model (or training) needs it."""
+    backend, chat = load_backend(path, cfg)
+    try:
+        yield backend, chat
+    finally:
+        backend.release()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

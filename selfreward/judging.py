@@ -54,8 +54,8 @@ def reduce_probs(probs: list[float], how: str) -> float:
     return float(sum(score * p for score, p in enumerate(probs)))
 
 
-def judge(backend, chat, items: list[tuple[str, str]], judge_cfg, seed: int = 0,
-          desc: str = "judging") -> list[JudgeResult]:
+def score_responses(backend, chat, items: list[tuple[str, str]], judge_cfg, seed: int = 0,
+                    desc: str = "judging") -> list[JudgeResult]:
     """Judge each (prompt, response) judge_cfg.samples times."""
     prompts = [chat.prompt(judge_prompt(p, r, judge_cfg.prompt)) for p, r in items]
     outputs = backend.generate(prompts, n=judge_cfg.samples, temperature=judge_cfg.temperature,
@@ -74,6 +74,26 @@ def judge(backend, chat, items: list[tuple[str, str]], judge_cfg, seed: int = 0,
             j.probs, j.option_mass = probs, mass
             j.score = None if probs is None else reduce_probs(probs, judge_cfg.constrained_reduce)
     return results
+
+
+def score_groups(backend, chat, groups: list[tuple[str, list[str]]], judge_cfg, seed: int = 0,
+                 desc: str = "judging") -> list[list[JudgeResult]]:
+    """`score_responses` for several responses per prompt, in one call (one batch stream, shared
+    prefills); the results come back grouped as the responses were."""
+    flat = iter(score_responses(backend, chat, [(prompt, r) for prompt, responses in groups for r in responses],
+                                judge_cfg, seed=seed, desc=desc))
+    return [[next(flat) for _ in responses] for _, responses in groups]
+
+
+def ranked_rows(backend, chat, threads: list[dict], judge_cfg, seed: int = 0, desc: str = "judging") -> list[dict]:
+    """Every ranked reply of each thread judged; one row per prompt with the human ranks beside the
+    scores. The reward-model metrics and the EFT agreement filter both read these rows."""
+    judged = score_groups(backend, chat, [(t["prompt"], [r["text"] for r in t["replies"]]) for t in threads],
+                          judge_cfg, seed=seed, desc=desc)
+    return [{"prompt_id": t["prompt_id"], "ranks": [r["rank"] for r in t["replies"]],
+             "scores": [j.score for j in results], "judgments": sum(len(j.judgments) for j in results),
+             "failures": sum(j.failures for j in results), "mode": results[0].mode,
+             "results": [j.to_dict() for j in results]} for t, results in zip(threads, judged)]
 
 
 def _mode_name(judge_cfg) -> str:

@@ -5,8 +5,8 @@ Each prompt has replies with human ranks (0 = best) and judge scores (None = unr
   share where the better-ranked reply got the strictly higher score (score ties count as wrong;
   their share is reported separately as `pair_ties`).
 - 5-best: of replies whose score rounds to 5, the share that humans ranked best (rank 0).
-- exact match: share of prompts whose judge ordering equals the human ordering on every pair
-  (prompts with an unreadable score do not match).
+- exact match: share of prompts whose scores order the replies as the humans do
+  (`orders_as_humans`, the same rule that decides which judgments become EFT data).
 - Spearman / Kendall tau: rank correlation between scores and human quality (-rank), per prompt,
   averaged over prompts with every score readable; a prompt whose scores are all equal has no
   defined correlation and counts as 0.
@@ -39,11 +39,12 @@ def pair_outcomes(scores: list, ranks: list[int]) -> tuple[int, int, int]:
     return correct, tied, total
 
 
-def exact_match(scores: list, ranks: list[int]) -> bool:
+def orders_as_humans(scores: list, ranks: list[int]) -> bool:
+    """Every score readable, and for every two replies with different human ranks the better-ranked
+    one (lower rank) has the strictly higher score; a score tie between them is a disagreement."""
     if any(s is None for s in scores):
         return False
-    return all(_sign(scores[i] - scores[j]) == _sign(ranks[j] - ranks[i])
-               for i in range(len(ranks)) for j in range(i + 1, len(ranks)))
+    return all(scores[i] > scores[j] for i in range(len(ranks)) for j in range(len(ranks)) if ranks[i] < ranks[j])
 
 
 def correlation(scores: list, ranks: list[int], kind: str) -> float | None:
@@ -63,7 +64,7 @@ def prompt_stats(prompt: dict) -> dict:
     correct, tied, total = pair_outcomes(scores, ranks)
     fives = [r for s, r in zip(scores, ranks) if s is not None and math.floor(s + 0.5) == 5]
     return {"correct": correct, "tied": tied, "pairs": total, "five": len(fives),
-            "five_best": sum(r == 0 for r in fives), "match": exact_match(scores, ranks),
+            "five_best": sum(r == 0 for r in fives), "match": orders_as_humans(scores, ranks),
             "spearman": correlation(scores, ranks, "spearman"), "kendall": correlation(scores, ranks, "kendall"),
             "judgments": prompt.get("judgments", len(scores)),
             "failures": prompt.get("failures", sum(s is None for s in scores))}

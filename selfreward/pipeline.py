@@ -1,10 +1,6 @@
 """Run the stage notebooks with papermill, keep a manifest, skip what has not changed.
 
-runs/<name>/
-  manifest.json        every stage: status, config, counts, duration, fingerprint; package versions
-  config.yaml          the resolved config of the last run
-  notebooks/NN_*.ipynb papermill's executed stage notebooks
-  stages/<stage>.json  each stage's counts, data/ eft/ aift/ models/ its artifacts
+The run folder's layout is `rundir.RunDir`; the stages are `stages.plan`.
 """
 from __future__ import annotations
 
@@ -14,7 +10,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +18,8 @@ import yaml
 
 from selfreward.config import Config
 from selfreward.io import read_json, write_json, write_text
+from selfreward.rundir import RunDir
+from selfreward.stages import Stage, plan
 
 KERNEL = "selfreward"
 NOTEBOOKS = Path(os.environ.get("SELFREWARD_NOTEBOOKS", Path(__file__).resolve().parent.parent / "notebooks"))
@@ -33,38 +30,13 @@ class PipelineError(RuntimeError):
     """A stage that failed or stopped; the message is one line and names the stage."""
 
 
-@dataclass
-class Stage:
-    name: str
-    notebook: str
-    sections: tuple[str, ...]  # the config sections this stage reads
-    iteration: int = 0
-    always: bool = False  # cheap stages that render reports re-run every time
-
-
-def plan(cfg: Config) -> list[Stage]:
-    stages = [
-        Stage("data", "01_data.ipynb", ("seed", "data")),
-        Stage("sft_baseline", "02_sft_baseline.ipynb", ("model", "sft")),
-        Stage("eft", "03_eft.ipynb", ("judge", "eft", "generation")),
-        Stage("m1", "04_m1.ipynb", ("sft",)),
-    ]
-    iteration_sections = ("self_instruct", "candidates", "judge", "dpo", "generation")
-    stages += [Stage(f"iteration_{t}", "05_self_reward.ipynb", iteration_sections, t)
-               for t in range(1, cfg.iterations + 1)]
-    if cfg.evaluation.enabled:
-        stages += [Stage("evaluation", "06_evaluation.ipynb", ("evaluation",)),
-                   Stage("reward_model", "07_reward_model.ipynb", ("evaluation", "judge")),
-                   Stage("results", "08_results.ipynb", (), always=True)]
-    return stages
-
-
 def fingerprints(cfg: Config, stages: list[Stage]) -> dict[str, str]:
-    """Each stage's fingerprint covers its own sections and everything upstream of it."""
-    result, previous = {}, ""
+    """Each stage's fingerprint covers its own config sections and the fingerprints of what it needs."""
+    result = {}
     for stage in stages:
-        blob = f"{previous}|{stage.name}|{stage.iteration}|{cfg.section_hash(*stage.sections)}"
-        previous = result[stage.name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        upstream = ",".join(result[n] for n in stage.needs)
+        blob = f"{upstream}|{stage.name}|{stage.iteration}|{cfg.section_hash(*stage.sections)}"
+        result[stage.name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return result
 
 
@@ -99,10 +71,9 @@ def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overr
         log=print) -> dict:
     import papermill as pm
 
-    run_dir = Path(out_root) / cfg.name
-    (run_dir / "notebooks").mkdir(parents=True, exist_ok=True)
-    manifest_path = run_dir / "manifest.json"
-    previous = read_json(manifest_path) if manifest_path.is_file() else {}
+    run_dir = RunDir(Path(out_root) / cfg.name)
+    run_dir.notebooks.mkdir(parents=True, exist_ok=True)
+    previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
     stages = plan(cfg)
     prints = fingerprints(cfg, stages)
     manifest = {
@@ -111,33 +82,32 @@ def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overr
         "versions": versions(), "device": _device(cfg), "config": cfg.to_dict(),
         "stages": {s.name: previous.get("stages", {}).get(s.name, {"status": "pending"}) for s in stages},
     }
-    write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_json(manifest_path, manifest)
+    write_text(run_dir.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    write_json(run_dir.manifest, manifest)
     ensure_kernel()
 
-    upstream_ran = False
-    for number, stage in enumerate(stages, start=1):
+    ran: set[str] = set()
+    for index, stage in enumerate(stages):
         entry = manifest["stages"][stage.name]
-        executed = run_dir / "notebooks" / f"{number:02d}_{stage.name}.ipynb"
-        result_file = run_dir / "stages" / f"{stage.name}.json"
-        if (not upstream_ran and not stage.always and entry.get("status") == "done"
-                and entry.get("fingerprint") == prints[stage.name] and result_file.is_file() and executed.is_file()):
+        executed, counts_file = run_dir.notebook(stage.name), run_dir.counts(stage.name)
+        if (not stage.report and not ran.intersection(stage.needs) and entry.get("status") == "done"
+                and entry.get("fingerprint") == prints[stage.name] and counts_file.is_file() and executed.is_file()):
             log(f"[{stage.name}] unchanged, skipped")
             continue
-        upstream_ran = True
+        ran.add(stage.name)
         stage_config = {s: _plain(cfg, s) for s in stage.sections}
         entry = manifest["stages"][stage.name] = {
-            "status": "running", "fingerprint": prints[stage.name], "notebook": str(executed.relative_to(run_dir)),
+            "status": "running", "fingerprint": prints[stage.name], "notebook": run_dir.relative(executed),
             "iteration": stage.iteration or None, "config": stage_config, "started": _now()}
-        write_json(manifest_path, manifest)
-        result_file.unlink(missing_ok=True)
+        write_json(run_dir.manifest, manifest)
+        counts_file.unlink(missing_ok=True)
         log(f"[{stage.name}] running {stage.notebook}")
         started = time.time()
         scratch = executed.with_name(f".running.{executed.name}")
         try:
             pm.execute_notebook(str(NOTEBOOKS / stage.notebook), str(scratch), kernel_name=KERNEL,
-                                parameters={"config": cfg.to_dict(), "run_dir": str(run_dir.resolve()),
-                                            "iteration": stage.iteration},
+                                parameters={"config": cfg.to_dict(), "run_dir": str(run_dir.root.resolve()),
+                                            "stage": stage.name},
                                 log_output=True, progress_bar=False)
         except Exception as err:  # papermill wraps the notebook's exception
             message = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
@@ -145,20 +115,20 @@ def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overr
             if scratch.exists():
                 os.replace(scratch, failed)
             entry.update(status="failed", error=message, duration_s=round(time.time() - started, 1),
-                         finished=_now(), notebook=str(failed.relative_to(run_dir)))
-            for later in stages[number:]:  # their old artifacts no longer follow from this run
+                         finished=_now(), notebook=run_dir.relative(failed))
+            for later in stages[index + 1:]:  # their old artifacts no longer follow from this run
                 manifest["stages"][later.name] = {"status": "pending"}
-            write_json(manifest_path, manifest)
+            write_json(run_dir.manifest, manifest)
             raise PipelineError(f"stage {stage.name} stopped: {message.splitlines()[0]} "
                                 f"(details: {failed})") from None
         os.replace(scratch, executed)
-        counts = read_json(result_file) if result_file.is_file() else {}  # report stages count nothing
+        counts = read_json(counts_file) if counts_file.is_file() else {}  # report stages count nothing
         entry.update(status="done", counts=counts, duration_s=round(time.time() - started, 1),
                      finished=_now())
-        write_json(manifest_path, manifest)
+        write_json(run_dir.manifest, manifest)
         log(f"[{stage.name}] done in {entry['duration_s']} s: {json.dumps(entry['counts'])}")
     manifest["counts"] = summary_counts(manifest)
-    write_json(manifest_path, manifest)
+    write_json(run_dir.manifest, manifest)
     return manifest
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 
 from selfreward.config import run_models
 from selfreward.io import read_json, read_jsonl
+from selfreward.rundir import RunDir
 
 # Yuan et al. (2024), GPT-4 judge, 256 prompts, both orders: win / tie / loss %
 PAPER_HEAD_TO_HEAD = {
@@ -30,7 +31,7 @@ PERCENT_METRICS = {"pairwise_accuracy", "five_best", "exact_match", "pair_ties",
 
 
 def head_to_head_table(run_dir) -> pd.DataFrame:
-    data = read_json(Path(run_dir) / "eval" / "head_to_head.json")
+    data = read_json(RunDir(run_dir).head_to_head)
     rows = []
     for name, c in data["comparisons"].items():
         paper = PAPER_HEAD_TO_HEAD.get(name)
@@ -60,7 +61,7 @@ REWARD_METRICS = ["pairwise_accuracy", "pair_ties", "five_best", "exact_match", 
 
 def reward_model_table(run_dir) -> pd.DataFrame:
     """One row per judge, each metric with its 95% bootstrap interval (percentages where it says %)."""
-    data = read_json(Path(run_dir) / "eval" / "reward_model.json")
+    data = read_json(RunDir(run_dir).reward_model)
     rows = []
     for label, entry in data["models"].items():
         row = {"judge": label, "mode": entry["mode"]}
@@ -80,7 +81,7 @@ def paper_reward_model_table() -> pd.DataFrame:
 
 def plot_win_tie_loss(run_dir):
     """Stacked win/tie/loss bars, ours beside the paper's, as in the paper's figure."""
-    data = read_json(Path(run_dir) / "eval" / "head_to_head.json")["comparisons"]
+    data = read_json(RunDir(run_dir).head_to_head)["comparisons"]
     names = [n for n in data if not n.endswith("reference")]
     bars = []
     for name in names:
@@ -104,7 +105,7 @@ def plot_win_tie_loss(run_dir):
 
 
 def plot_reward_model(run_dir):
-    data = read_json(Path(run_dir) / "eval" / "reward_model.json")["models"]
+    data = read_json(RunDir(run_dir).reward_model)["models"]
     models = [m for m in data if "(" not in m]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric in zip(axes, ["pairwise_accuracy", "spearman"]):
@@ -126,10 +127,10 @@ def plot_reward_model(run_dir):
 
 def score_distributions(run_dir) -> pd.DataFrame:
     """How often each judge gives each (rounded) score on the held-out replies."""
-    models = read_json(Path(run_dir) / "eval" / "reward_model.json")["models"]
+    models = read_json(RunDir(run_dir).reward_model)["models"]
     table = {}
     for label, entry in models.items():
-        rows = read_jsonl(Path(run_dir) / "eval" / entry["scores_file"])
+        rows = read_jsonl(RunDir(run_dir).root / entry["scores_file"])
         counts = Counter(math.floor(s + 0.5) for row in rows for s in row["scores"] if s is not None)
         table[label] = {score: counts.get(score, 0) for score in range(6)}
     return pd.DataFrame(table).T.rename_axis("judge")
@@ -152,7 +153,7 @@ def plot_score_histograms(run_dir):
 
 
 def _run_models(run_dir) -> list[str]:
-    return run_models(read_json(Path(run_dir) / "manifest.json")["config"]["iterations"])
+    return run_models(read_json(RunDir(run_dir).manifest)["config"]["iterations"])
 
 
 def _rows(path: Path) -> list[dict]:
@@ -162,8 +163,7 @@ def _rows(path: Path) -> list[dict]:
 def response_lengths(run_dir) -> pd.DataFrame:
     rows = []
     for name in _run_models(run_dir):
-        path = Path(run_dir) / "eval" / "responses" / f"{name}.jsonl"
-        data = read_jsonl(path)
+        data = read_jsonl(RunDir(run_dir).responses(name))
         tokens = [r["num_tokens"] for r in data]
         rows.append({"model": name, "mean tokens": sum(tokens) / len(tokens),
                      "mean characters": sum(len(r["response"]) for r in data) / len(data),
@@ -172,14 +172,15 @@ def response_lengths(run_dir) -> pd.DataFrame:
 
 
 def aift_statistics(run_dir) -> pd.DataFrame:
-    rows = []
-    for folder in [Path(run_dir) / "aift" / name for name in _run_models(run_dir)[1:-1]]:  # AIFT(M1..M_T)
-        prompts = read_jsonl(folder / "prompts.jsonl")
-        records, pairs, positives = (_rows(folder / f) for f in ("candidates.jsonl", "pairs.jsonl", "positive.jsonl"))
+    run, rows = RunDir(run_dir), []
+    iterations = read_json(run.manifest)["config"]["iterations"]
+    for t in range(1, iterations + 1):  # AIFT(M1) .. AIFT(M_T)
+        prompts = read_jsonl(run.aift_prompts(t))
+        records, pairs, positives = (_rows(path) for path in (run.candidates(t), run.pairs(t), run.positives(t)))
         scored = [[c["score"] for c in r["candidates"] if c["score"] is not None] for r in records]
         ties = sum(1 for s in scored if len(s) >= 2 and max(s) == min(s))
         gaps = [p["chosen_score"] - p["rejected_score"] for p in pairs]
-        rows.append({"AIFT of": folder.name, "prompts generated": len(prompts),
+        rows.append({"AIFT of": f"m{t}", "prompts generated": len(prompts),
                      "prompts kept": sum(p["kept"] for p in prompts), "candidates": sum(len(r["candidates"]) for r in records),
                      "all-tied prompts": ties, "pairs": len(pairs),
                      "mean score gap": sum(gaps) / len(gaps) if gaps else None,
@@ -190,7 +191,7 @@ def aift_statistics(run_dir) -> pd.DataFrame:
 
 def stage_times(run_dir) -> pd.DataFrame:
     """Wall time and generated tokens of each stage, and their sum over the finished stages."""
-    manifest = read_json(Path(run_dir) / "manifest.json")
+    manifest = read_json(RunDir(run_dir).manifest)
     rows = [{"stage": name, "status": e.get("status"), "minutes": round(e.get("duration_s", 0) / 60, 2),
              "tokens generated": e.get("counts", {}).get("tokens_generated")}
             for name, e in manifest["stages"].items()]
@@ -203,7 +204,7 @@ def stage_times(run_dir) -> pd.DataFrame:
 
 def judge_prompt_ablation(run_dir) -> pd.DataFrame:
     """SFT baseline as judge with the additive vs the multiple-choice prompt (the paper's comparison)."""
-    models = read_json(Path(run_dir) / "eval" / "reward_model.json")["models"]
+    models = read_json(RunDir(run_dir).reward_model)["models"]
     rows = []
     for label, prompt in [("sft_baseline", "additive"), ("sft_baseline (multiple choice)", "multiple_choice")]:
         if label not in models:
@@ -217,10 +218,10 @@ def judge_prompt_ablation(run_dir) -> pd.DataFrame:
 
 
 def run_description(run_dir) -> str:
-    manifest = read_json(Path(run_dir) / "manifest.json")
+    manifest = read_json(RunDir(run_dir).manifest)
     cfg = manifest["config"]
-    h2h = read_json(Path(run_dir) / "eval" / "head_to_head.json")
-    rm = read_json(Path(run_dir) / "eval" / "reward_model.json")
+    h2h = read_json(RunDir(run_dir).head_to_head)
+    rm = read_json(RunDir(run_dir).reward_model)
     modes = sorted({entry["mode"] for entry in rm["models"].values()})
     return (
         f"**Run `{manifest['name']}`** (params `{manifest['params_file']}`), model `{cfg['model']['spec']}` "
@@ -236,7 +237,7 @@ def run_description(run_dir) -> str:
 
 def trend_notes(run_dir) -> str:
     """One line per trend the paper reports, saying whether this run shows it."""
-    h2h = read_json(Path(run_dir) / "eval" / "head_to_head.json")["comparisons"]
+    h2h = read_json(RunDir(run_dir).head_to_head)["comparisons"]
     lines = []
     for name, (win, _, loss) in PAPER_HEAD_TO_HEAD.items():
         if name not in h2h:
@@ -248,7 +249,7 @@ def trend_notes(run_dir) -> str:
         verdict = "agrees" if (ours["win"] > ours["loss"]) == (win > loss + 5) else "differs"
         lines.append(f"- **{name}**: paper {paper_says} ({win:.1f}/{loss:.1f}); this run {ours_says} "
                      f"({ours['win_pct']:.1f}/{ours['loss_pct']:.1f}) — {verdict}.")
-    models = read_json(Path(run_dir) / "eval" / "reward_model.json")["models"]
+    models = read_json(RunDir(run_dir).reward_model)["models"]
     sequence = [m for m in ["sft_baseline", "m1", "m2", "m3"] if m in models]
     accuracy = [models[m]["metrics"]["pairwise_accuracy"][0] for m in sequence]
     if len(sequence) >= 2 and None not in accuracy:

@@ -6,29 +6,30 @@ from __future__ import annotations
 
 import random
 
-from selfreward.judging import judge
+from selfreward.judging import score_groups
 from selfreward.prompts import (MAX_SCORE, NearDuplicateIndex, check_prompt, extract_new_prompt,
                                 self_instruct_prompt, sample_shots)
 
 
-def new_prompts(backend, seed_prompts: list[str], si_cfg, seed: int) -> list[dict]:
-    """Few-shot prompt generation with Self-Instruct filters; returns every attempt with its verdict."""
+def new_prompts(backend, seed_prompts: list[str], instruct_cfg, seed: int) -> list[dict]:
+    """Few-shot prompt generation with Self-Instruct filters; returns every attempt with its verdict.
+    `instruct_cfg` is the `self_instruct` section."""
     rng = random.Random(seed)
-    index = NearDuplicateIndex(seed_prompts, si_cfg.rouge_threshold)
+    index = NearDuplicateIndex(seed_prompts, instruct_cfg.rouge_threshold)
     kept: list[str] = []
     records: list[dict] = []
     chunk = backend.batch_size  # later rounds can show prompts kept in earlier ones
-    for round_no, start in enumerate(range(0, si_cfg.num_prompts, chunk)):
-        count = min(chunk, si_cfg.num_prompts - start)
-        fewshot = [self_instruct_prompt(sample_shots(seed_prompts, kept, si_cfg.seed_shots,
-                                                     si_cfg.generated_shots, rng)) for _ in range(count)]
-        outputs = backend.generate(fewshot, n=1, temperature=si_cfg.temperature, top_p=si_cfg.top_p,
-                                   max_new_tokens=si_cfg.max_new_tokens, seed=seed * 1000 + round_no,
-                                   desc=f"new prompts {start + count}/{si_cfg.num_prompts}",
+    for round_no, start in enumerate(range(0, instruct_cfg.num_prompts, chunk)):
+        count = min(chunk, instruct_cfg.num_prompts - start)
+        fewshot = [self_instruct_prompt(sample_shots(seed_prompts, kept, instruct_cfg.seed_shots,
+                                                     instruct_cfg.generated_shots, rng)) for _ in range(count)]
+        outputs = backend.generate(fewshot, n=1, temperature=instruct_cfg.temperature, top_p=instruct_cfg.top_p,
+                                   max_new_tokens=instruct_cfg.max_new_tokens, seed=seed * 1000 + round_no,
+                                   desc=f"new prompts {start + count}/{instruct_cfg.num_prompts}",
                                    stop_strings=["\nTask"])
         for (completion,) in outputs:
             text = extract_new_prompt(completion.text)
-            check = check_prompt(text, index, si_cfg.min_words, si_cfg.max_words)
+            check = check_prompt(text, index, instruct_cfg.min_words, instruct_cfg.max_words)
             if check.kept:
                 index.add(text)
                 kept.append(text)
@@ -37,22 +38,17 @@ def new_prompts(backend, seed_prompts: list[str], si_cfg, seed: int) -> list[dic
     return records
 
 
-def candidates_and_judgments(backend, chat, prompts: list[str], cand_cfg, judge_cfg, seed: int) -> list[dict]:
+def candidates_and_judgments(backend, chat, prompts: list[str], candidates_cfg, judge_cfg, seed: int) -> list[dict]:
     """N sampled responses per prompt, each judged k times by the same model."""
-    outputs = backend.generate([chat.prompt(p) for p in prompts], n=cand_cfg.n,
-                               temperature=cand_cfg.temperature, top_p=cand_cfg.top_p,
-                               max_new_tokens=cand_cfg.max_new_tokens, seed=seed, desc="candidates")
-    items = [(p, c.text) for p, completions in zip(prompts, outputs) for c in completions]
-    results = iter(judge(backend, chat, items, judge_cfg, seed=seed + 1, desc="self-judging"))
-    records = []
-    for prompt, completions in zip(prompts, outputs):
-        cands = []
-        for completion in completions:
-            result = next(results)
-            cands.append({"response": completion.text, "num_tokens": completion.num_tokens,
-                          "finished": completion.finished, "score": result.score, "judge": result.to_dict()})
-        records.append({"prompt": prompt, "candidates": cands})
-    return records
+    outputs = backend.generate([chat.prompt(p) for p in prompts], n=candidates_cfg.n,
+                               temperature=candidates_cfg.temperature, top_p=candidates_cfg.top_p,
+                               max_new_tokens=candidates_cfg.max_new_tokens, seed=seed, desc="candidates")
+    judged = score_groups(backend, chat, [(p, [c.text for c in completions]) for p, completions in zip(prompts, outputs)],
+                          judge_cfg, seed=seed + 1, desc="self-judging")
+    return [{"prompt": prompt, "candidates": [
+                {"response": c.text, "num_tokens": c.num_tokens, "finished": c.finished, "score": result.score,
+                 "judge": result.to_dict()} for c, result in zip(completions, results)]}
+            for prompt, completions, results in zip(prompts, outputs, judged)]
 
 
 def preference_pairs(records: list[dict]) -> list[dict]:

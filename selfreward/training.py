@@ -9,6 +9,8 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from selfreward.models import (chat_format_for, final_logit_cap, load_model, load_tokenizer, pick_device, save_model,
                                soft_cap)
@@ -18,19 +20,19 @@ class TrainingError(ValueError):
     """Training that cannot start (e.g. no examples); the message is one line."""
 
 
-def _common_args(cfg, model_cfg, output_dir: str, seed: int) -> dict:
+def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
     on_cpu = pick_device(model_cfg.device) == "cpu"
     return dict(
         output_dir=output_dir,
-        per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.batch_size // cfg.per_device_batch_size,
-        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=train_cfg.per_device_batch_size,
+        gradient_accumulation_steps=train_cfg.batch_size // train_cfg.per_device_batch_size,
+        learning_rate=train_cfg.learning_rate,
         lr_scheduler_type="cosine_with_min_lr",  # the paper decays to a floor, not to zero
-        lr_scheduler_kwargs={"min_lr": cfg.min_learning_rate},
-        warmup_steps=cfg.warmup_ratio,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        max_length=cfg.max_length,
+        lr_scheduler_kwargs={"min_lr": train_cfg.min_learning_rate},
+        warmup_steps=train_cfg.warmup_ratio,
+        num_train_epochs=train_cfg.epochs,
+        max_steps=train_cfg.max_steps,
+        max_length=train_cfg.max_length,
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -146,55 +148,65 @@ def use_fast_dropout(model):
     return model
 
 
-def _lean_trainers():
-    """TRL's trainers with the loss computed by `token_logprobs`; data handling, optimisation,
-    scheduling and logging stay TRL's."""
-    from trl import DPOTrainer, SFTTrainer
+# The lean trainers subclass TRL's and rely on these TRL internals; check them on a TRL upgrade:
+# - the SFT batch carries `input_ids`, `attention_mask` and `labels` (-100 outside the completion);
+# - the DPO batch carries `input_ids`, `attention_mask` and `completion_mask`, chosen rows first,
+#   then the rejected rows in the same order;
+# - `self._metrics[mode][name]` lists are what TRL logs (averaged per logging step);
+# - `self._total_train_tokens` is SFTTrainer's running token count, logged as `num_tokens`;
+# - `self.ref_model` (None under LoRA, where the reference is the model with its adapter disabled).
 
-    class LeanSFTTrainer(SFTTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            use_fast_dropout(self.model)
+class _WithFastDropout:
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        use_fast_dropout(self.model)
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            logps, mask = token_logprobs(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
-                                         recompute=self.args.gradient_checkpointing)
-            # the same normalisation as TRL's: tokens of the whole accumulated batch when known
-            tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
-            loss = -logps.sum() / torch.as_tensor(tokens).clamp(min=1)
-            if model.training:
-                self._total_train_tokens += int(inputs["attention_mask"].sum())
-                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-            return (loss, None) if return_outputs else loss
 
-    class LeanDPOTrainer(DPOTrainer):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            use_fast_dropout(self.model)
+class LeanSFTTrainer(_WithFastDropout, SFTTrainer):
+    """TRL's SFTTrainer with the loss from `token_logprobs`; data handling, optimisation, scheduling
+    and logging stay TRL's."""
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            """The sigmoid DPO loss of the paper; the batch is [chosen rows; rejected rows]."""
-            labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-            args = (inputs["input_ids"], inputs["attention_mask"], labels)
-            logps = token_logprobs(model, *args, recompute=self.args.gradient_checkpointing)[0].sum(-1)
-            with torch.no_grad():
-                if self.ref_model is not None:
-                    reference = token_logprobs(self.ref_model, *args)[0].sum(-1)
-                else:  # LoRA: the reference is the same weights without the adapter
-                    with self.accelerator.unwrap_model(self.model).disable_adapter():
-                        reference = token_logprobs(model, *args)[0].sum(-1)
-            chosen, rejected = (logps - reference).chunk(2)
-            margin = self.beta * (chosen - rejected)
-            loss = -F.logsigmoid(margin).mean()
-            mode = "train" if model.training else "eval"
-            chosen_logps, rejected_logps = logps.detach().chunk(2)
-            for key, value in {"rewards/chosen": self.beta * chosen, "rewards/rejected": self.beta * rejected,
-                               "rewards/margins": margin, "rewards/accuracies": (margin > 0).float(),
-                               "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}.items():
-                self._metrics[mode][key].append(float(value.detach().float().mean()))
-            return (loss, None) if return_outputs else loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps, mask = token_logprobs(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
+                                     recompute=self.args.gradient_checkpointing)
+        # the same normalisation as TRL's: tokens of the whole accumulated batch when known
+        tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = -logps.sum() / torch.as_tensor(tokens).clamp(min=1)
+        if model.training:
+            self._total_train_tokens += int(inputs["attention_mask"].sum())
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return (loss, None) if return_outputs else loss
 
-    return LeanSFTTrainer, LeanDPOTrainer
+
+def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
+    """The paper's sigmoid DPO loss. Both inputs hold one sequence log-probability per row, the chosen
+    rows first, then the rejected rows in the same order. Returns the mean loss and, per pair, the
+    implicit rewards beta * (log pi - log pi_ref) of both replies and their margin."""
+    chosen, rejected = (policy_logps - reference_logps).chunk(2)
+    margin = beta * (chosen - rejected)
+    return -F.logsigmoid(margin).mean(), {"rewards/chosen": beta * chosen, "rewards/rejected": beta * rejected,
+                                          "rewards/margins": margin, "rewards/accuracies": (margin > 0).float()}
+
+
+class LeanDPOTrainer(_WithFastDropout, DPOTrainer):
+    """TRL's DPOTrainer with `dpo_loss` on log-probabilities from `token_logprobs`."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        args = (inputs["input_ids"], inputs["attention_mask"], labels)
+        logps = token_logprobs(model, *args, recompute=self.args.gradient_checkpointing)[0].sum(-1)
+        with torch.no_grad():
+            if self.ref_model is not None:
+                reference = token_logprobs(self.ref_model, *args)[0].sum(-1)
+            else:  # LoRA: the reference is the same weights without the adapter
+                with self.accelerator.unwrap_model(self.model).disable_adapter():
+                    reference = token_logprobs(model, *args)[0].sum(-1)
+        loss, rewards = dpo_loss(logps, reference, self.beta)
+        mode = "train" if model.training else "eval"
+        chosen_logps, rejected_logps = logps.detach().chunk(2)
+        for key, value in {**rewards, "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}.items():
+            self._metrics[mode][key].append(float(value.detach().float().mean()))
+        return (loss, None) if return_outputs else loss
 
 
 def _load_for_training(model_dir: str, model_cfg, dropout: float):
@@ -209,64 +221,59 @@ def _load_for_training(model_dir: str, model_cfg, dropout: float):
     if model_cfg.finetune == "lora":
         peft_config = LoraConfig(r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha, lora_dropout=dropout,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
-    return model, tokenizer, peft_config
+    return model, tokenizer, peft_config, chat_format_for(tokenizer, model_cfg.chat_format)
 
 
-def sft_trainer(model_dir: str, examples: list[dict], cfg, model_cfg, output_dir: str, seed: int = 0):
+def sft_trainer(model_dir: str, examples: list[dict], train_cfg, model_cfg, output_dir: str, seed: int = 0):
     """A TRL SFTTrainer on prompt/completion rows: the loss covers the completion tokens only."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     if not examples:
         raise TrainingError("SFT: no training examples")
-    model, tokenizer, peft_config = _load_for_training(model_dir, model_cfg, cfg.dropout)
-    chat = chat_format_for(tokenizer, model_cfg.chat_format)
+    model, tokenizer, peft_config, chat = _load_for_training(model_dir, model_cfg, train_cfg.dropout)
     rows = [{"prompt": chat.prompt(e["prompt"]), "completion": chat.completion(e["response"])} for e in examples]
-    args = SFTConfig(**_common_args(cfg, model_cfg, output_dir, seed), completion_only_loss=True, packing=False)
-    trainer_class = _lean_trainers()[0] if cfg.logprobs == "selected" else SFTTrainer
-    return _text_progress(trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                     processing_class=tokenizer, peft_config=peft_config))
+    args = SFTConfig(**_common_args(train_cfg, model_cfg, output_dir, seed), completion_only_loss=True,
+                     packing=False)
+    return _trainer(LeanSFTTrainer if train_cfg.logprobs == "selected" else SFTTrainer, model, args, rows,
+                    tokenizer, peft_config)
 
 
-def sft(model_dir: str, out_dir, examples: list[dict], cfg, model_cfg, seed: int = 0) -> dict:
+def sft(model_dir: str, out_dir, examples: list[dict], train_cfg, model_cfg, seed: int = 0) -> dict:
     """Supervised fine-tuning on {prompt, response} examples; returns the training log summary."""
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = sft_trainer(model_dir, examples, cfg, model_cfg, scratch, seed)
-        trainer.train()
-    return _finish(trainer, trainer.processing_class, out_dir, len(examples))
+    return _train(sft_trainer, model_dir, out_dir, examples, train_cfg, model_cfg, seed)
 
 
-def dpo_trainer(model_dir: str, pairs: list[dict], cfg, model_cfg, output_dir: str, seed: int = 0):
+def dpo_trainer(model_dir: str, pairs: list[dict], train_cfg, model_cfg, output_dir: str, seed: int = 0):
     """A TRL DPOTrainer on {prompt, chosen, rejected}; the reference is the starting model (frozen)."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
     if not pairs:
         raise TrainingError("DPO: no preference pairs")
-    model, tokenizer, peft_config = _load_for_training(model_dir, model_cfg, cfg.dropout)
-    chat = chat_format_for(tokenizer, model_cfg.chat_format)
+    model, tokenizer, peft_config, chat = _load_for_training(model_dir, model_cfg, train_cfg.dropout)
     rows = [{"prompt": chat.prompt(p["prompt"]), "chosen": chat.completion(p["chosen"]),
              "rejected": chat.completion(p["rejected"])} for p in pairs]
     # the paper keeps dropout on during DPO
-    args = DPOConfig(**_common_args(cfg, model_cfg, output_dir, seed), beta=cfg.beta, disable_dropout=False)
-    trainer_class = _lean_trainers()[1] if cfg.logprobs == "selected" else DPOTrainer
-    return _text_progress(trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                                        processing_class=tokenizer, peft_config=peft_config))
+    args = DPOConfig(**_common_args(train_cfg, model_cfg, output_dir, seed), beta=train_cfg.beta,
+                     disable_dropout=False)
+    return _trainer(LeanDPOTrainer if train_cfg.logprobs == "selected" else DPOTrainer, model, args, rows,
+                    tokenizer, peft_config)
 
 
-def dpo(model_dir: str, out_dir, pairs: list[dict], cfg, model_cfg, seed: int = 0) -> dict:
+def dpo(model_dir: str, out_dir, pairs: list[dict], train_cfg, model_cfg, seed: int = 0) -> dict:
     """DPO on {prompt, chosen, rejected} pairs; returns the training log summary."""
+    return _train(dpo_trainer, model_dir, out_dir, pairs, train_cfg, model_cfg, seed)
+
+
+def _train(make_trainer, model_dir: str, out_dir, rows: list[dict], train_cfg, model_cfg, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = dpo_trainer(model_dir, pairs, cfg, model_cfg, scratch, seed)
+        trainer = make_trainer(model_dir, rows, train_cfg, model_cfg, scratch, seed)
         trainer.train()
-    return _finish(trainer, trainer.processing_class, out_dir, len(pairs))
+    return _finish(trainer, trainer.processing_class, out_dir, len(rows))
 
 
-def _text_progress(trainer):
-    """Inside a papermill notebook the Trainer would draw an HTML widget nobody sees; log text instead."""
+def _trainer(trainer_class, model, args, rows: list[dict], tokenizer, peft_config):
     from transformers.trainer_callback import ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
 
+    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                            peft_config=peft_config)
+    # inside a papermill notebook the Trainer would draw an HTML widget nobody sees; log text instead
     if trainer.pop_callback(NotebookProgressCallback) is not None:
         trainer.add_callback(ProgressCallback)
     return trainer

@@ -1,19 +1,8 @@
 from collections import Counter
 
-from selfreward.eft import agrees, build_eft, rebalance
+from selfreward.eft import build_eft, rebalance
 from selfreward.judging import Judgment, JudgeResult
 from selfreward.prompts import parse_score
-
-
-def test_agrees_requires_strict_order_on_every_ranked_pair():
-    assert agrees([4, 3, 1], [0, 1, 2])
-    assert agrees([2.5, 2.0], [0, 1])
-    assert not agrees([3, 4], [0, 1])  # reversed
-    assert not agrees([4, 4], [0, 1])  # a tie between different ranks is a disagreement
-    assert not agrees([4, 3, 3.5], [0, 1, 2])  # one pair out of order
-    assert agrees([4, 3, 3], [0, 1, 1])  # equal human ranks need no order
-    assert not agrees([4, None], [0, 1])  # an unreadable judgment
-    assert not agrees([4], [0])  # nothing to compare
 
 
 def test_rebalance_caps_the_dominant_score():
@@ -37,8 +26,10 @@ def test_build_eft_keeps_only_agreeing_prompts():
         {"prompt_id": "a", "prompt": "Q1", "replies": [{"text": "good", "rank": 0}, {"text": "bad", "rank": 1}]},
         {"prompt_id": "b", "prompt": "Q2", "replies": [{"text": "good", "rank": 0}, {"text": "bad", "rank": 1}]},
     ]
-    results = [_result(4, 4), _result(2, 3), _result(3), _result(3)]
-    examples, records = build_eft(threads, results, "additive")
+    results = [[_result(4, 4), _result(2, 3)], [_result(3), _result(3)]]
+    rows = [{"prompt_id": t["prompt_id"], "ranks": [0, 1], "scores": [r.score for r in judged],
+             "results": [r.to_dict() for r in judged]} for t, judged in zip(threads, results)]
+    examples, records = build_eft(threads, rows, "additive")
     assert [r["agrees"] for r in records] == [True, False]
     assert len(examples) == 2 and {e["prompt_id"] for e in examples} == {"a"}
     assert [parse_score(e["response"]) for e in examples] == [4, 2]

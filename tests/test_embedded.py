@@ -4,7 +4,7 @@ import pytest
 from selfreward import models
 from selfreward.config import JudgeConfig
 from selfreward.generation import TransformersBackend
-from selfreward.judging import judge
+from selfreward.judging import score_responses
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_embedded_model_generates_and_judges(gemma):
     backend, chat = gemma
     items = [("What is the capital of France?", "The capital of France is Paris."),
              ("What is the capital of France?", "Bananas are yellow.")]
-    results = judge(backend, chat, items, JudgeConfig(samples=2, mode="constrained", max_new_tokens=24), seed=0)
+    results = score_responses(backend, chat, items, JudgeConfig(samples=2, mode="constrained", max_new_tokens=24), seed=0)
     for result in results:
         assert result.failures == 0 and 0 <= result.score <= 5
         assert all(j.text for j in result.judgments)

@@ -1,7 +1,7 @@
 import pytest
 
 from selfreward.config import JudgeConfig
-from selfreward.judging import Judgment, JudgeResult, judge, reduce_probs
+from selfreward.judging import Judgment, JudgeResult, reduce_probs, score_responses
 
 ITEMS = [("What is the capital of France?", "Paris."), ("Sort a list", "Use sorted().")]
 
@@ -21,7 +21,7 @@ def test_result_averages_readable_scores_and_counts_failures():
 def test_sampled_mode_keeps_raw_judgments_and_reports_unreadable_ones(tiny_backend):
     backend, chat = tiny_backend
     cfg = JudgeConfig(samples=3, mode="sampled", max_new_tokens=10)
-    results = judge(backend, chat, ITEMS, cfg, seed=0)
+    results = score_responses(backend, chat, ITEMS, cfg, seed=0)
     assert len(results) == 2
     for result in results:
         assert result.mode == "sampled" and len(result.judgments) == 3
@@ -34,7 +34,7 @@ def test_sampled_mode_keeps_raw_judgments_and_reports_unreadable_ones(tiny_backe
 def test_constrained_mode_reads_the_models_distribution(tiny_backend, reduce):
     backend, chat = tiny_backend
     cfg = JudgeConfig(samples=2, mode="constrained", constrained_reduce=reduce, max_new_tokens=10)
-    results = judge(backend, chat, ITEMS, cfg, seed=0)
+    results = score_responses(backend, chat, ITEMS, cfg, seed=0)
     for result in results:
         assert result.mode == f"constrained-{reduce}" and result.failures == 0
         for j in result.judgments:

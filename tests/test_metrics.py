@@ -1,6 +1,6 @@
 import pytest
 
-from selfreward.metrics import bootstrap, correlation, exact_match, metrics, pair_outcomes
+from selfreward.metrics import bootstrap, correlation, orders_as_humans, metrics, pair_outcomes
 
 PERFECT = {"scores": [5, 3, 1], "ranks": [0, 1, 2]}
 REVERSED = {"scores": [1, 3, 5], "ranks": [0, 1, 2]}
@@ -19,8 +19,10 @@ def test_pair_outcomes_by_hand():
 
 
 def test_exact_match_and_correlations_by_hand():
-    assert exact_match(PERFECT["scores"], PERFECT["ranks"]) and not exact_match(TIED["scores"], TIED["ranks"])
-    assert not exact_match(UNREADABLE["scores"], UNREADABLE["ranks"])
+    assert orders_as_humans(PERFECT["scores"], PERFECT["ranks"]) and not orders_as_humans(TIED["scores"], TIED["ranks"])
+    assert not orders_as_humans(UNREADABLE["scores"], UNREADABLE["ranks"])
+    assert orders_as_humans([4, 3, 3], [0, 1, 1])  # equal human ranks need no order
+    assert not orders_as_humans([4, 3, 3.5], [0, 1, 2])  # one pair out of order
     assert correlation(PERFECT["scores"], PERFECT["ranks"], "spearman") == pytest.approx(1.0)
     assert correlation(REVERSED["scores"], REVERSED["ranks"], "kendall") == pytest.approx(-1.0)
     # scores 4,4,2 vs quality 0,-1,-2: Spearman of ranks (2.5,2.5,1) and (3,2,1) = 0.866

@@ -5,7 +5,7 @@ import torch
 
 from selfreward.config import DPOConfig, ModelConfig, TrainConfig
 from selfreward.models import load_model, load_tokenizer
-from selfreward.training import (FastDropout, SelectedLogProbs, TrainingError, dpo, dpo_trainer, sft, sft_trainer,
+from selfreward.training import (FastDropout, SelectedLogProbs, TrainingError, dpo, dpo_loss, dpo_trainer, sft, sft_trainer,
                                  token_logprobs, use_fast_dropout)
 
 MODEL = ModelConfig(spec="tiny", dtype="float32", finetune="full", device="cpu")
@@ -166,3 +166,18 @@ def test_fast_dropout_has_dropouts_law_and_replaces_it():
     assert (y == 0).float().mean().item() == pytest.approx(0.25, abs=0.005)
     assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.75)] and y.mean().item() == pytest.approx(1, abs=0.01)
     assert torch.equal(dropout.eval()(x), x)
+
+
+def test_dpo_loss_by_hand():
+    # two pairs: chosen rows first, then the rejected rows in the same order
+    policy = torch.tensor([-1.0, -2.0, -3.0, -1.0])
+    reference = torch.tensor([-2.0, -2.0, -2.0, -2.0])
+    loss, rewards = dpo_loss(policy, reference, beta=0.5)
+    # pair 1: chosen +1, rejected -1 -> margin 0.5 * 2 = 1; pair 2: chosen 0, rejected +1 -> margin -0.5
+    assert rewards["rewards/margins"].tolist() == [1.0, -0.5]
+    assert rewards["rewards/chosen"].tolist() == [0.5, 0.0] and rewards["rewards/rejected"].tolist() == [-0.5, 0.5]
+    assert rewards["rewards/accuracies"].tolist() == [1.0, 0.0]
+    expected = -(torch.nn.functional.logsigmoid(torch.tensor(1.0)) + torch.nn.functional.logsigmoid(torch.tensor(-0.5))) / 2
+    assert loss.item() == pytest.approx(expected.item())
+    same, _ = dpo_loss(reference, reference, beta=0.1)  # policy = reference: log 2, whatever the log-probs
+    assert same.item() == pytest.approx(0.6931472)
