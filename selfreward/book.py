@@ -1,4 +1,9 @@
-"""Build the Jupyter Book (1.x) from a run: its executed notebooks become the chapters."""
+"""Build the Jupyter Book (1.x) of a run: its executed notebooks become the chapters.
+
+A run's book is built inside the run folder (`runs/<name>/book/`) from the checkout's `book/` as a
+template (`_config.yml`, `intro.md`, `images/`). The checkout's own `book/run/` holds the committed
+reference run and changes only through `publish` (`selfreward book PARAMS --publish`).
+"""
 from __future__ import annotations
 
 import shutil
@@ -10,8 +15,10 @@ import nbformat
 import yaml
 
 from selfreward.io import read_json, write_text
+from selfreward.rundir import RunDir
 
-BOOK = Path(__file__).resolve().parent.parent / "book"
+BOOK = Path(__file__).resolve().parent.parent / "book"  # the template and the published reference book
+TEMPLATE_FILES = ["_config.yml", "intro.md", "images"]
 
 
 class BookError(RuntimeError):
@@ -20,11 +27,11 @@ class BookError(RuntimeError):
 
 def chapters(run_dir) -> list[Path]:
     """The executed notebooks of the stages the manifest lists as done, in stage order."""
-    manifest = Path(run_dir) / "manifest.json"
-    if not manifest.is_file():
+    run = RunDir(run_dir)
+    if not run.manifest.is_file():
         return []
-    stages = read_json(manifest)["stages"].values()
-    return [Path(run_dir) / s["notebook"] for s in stages if s.get("status") == "done"]
+    stages = read_json(run.manifest)["stages"].values()
+    return [run.root / s["notebook"] for s in stages if s.get("status") == "done"]
 
 
 def _copy_for_book(source: Path, target: Path):
@@ -39,21 +46,29 @@ def _copy_for_book(source: Path, target: Path):
     nbformat.write(notebook, target)
 
 
-def prepare(run_dir, book_dir=BOOK) -> Path:
-    """Copy the run's notebooks into `book_dir/run/` and write the table of contents."""
-    book_dir = Path(book_dir)
-    if not (book_dir / "_config.yml").is_file() or not (book_dir / "intro.md").is_file():
-        raise BookError(f"{book_dir} is not a book folder (needs _config.yml and intro.md)")
-    found = chapters(run_dir)
+def prepare(run_dir, book_dir=None) -> Path:
+    """Copy the book template and the run's notebooks into `book_dir` (default: the run's `book/`) and
+    write the table of contents."""
+    run = RunDir(run_dir)
+    book_dir = Path(book_dir) if book_dir else run.book
+    if not all((BOOK / name).exists() for name in TEMPLATE_FILES):
+        raise BookError(f"{BOOK} is not a book template (needs {', '.join(TEMPLATE_FILES)})")
+    found = chapters(run)
     if not found:
-        raise BookError(f"no executed notebooks in {Path(run_dir) / 'notebooks'}")
+        raise BookError(f"no executed notebooks in {run.notebooks}")
+    if book_dir.resolve() != BOOK.resolve():
+        book_dir.mkdir(parents=True, exist_ok=True)
+        for name in TEMPLATE_FILES:
+            source, target = BOOK / name, book_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+            shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
     target = book_dir / "run"
     if target.exists():
         shutil.rmtree(target)
     target.mkdir()
     for path in found:
         _copy_for_book(path, target / path.name)
-    shutil.copy2(Path(run_dir) / "manifest.json", target / "manifest.json")
+    shutil.copy2(run.manifest, target / "manifest.json")
     results = [p for p in found if p.stem == "results"]
     stages = [p for p in found if p not in results]
     parts = []
@@ -65,8 +80,21 @@ def prepare(run_dir, book_dir=BOOK) -> Path:
     return book_dir
 
 
-def build(run_dir, book_dir=BOOK, strict: bool = True) -> Path:
-    """Build HTML into `book_dir/_build/html`; with `strict`, warnings are errors."""
+def publish(run_dir) -> Path:
+    """Make a complete run the checkout's reference book (`book/run/`, `book/_toc.yml`) and build it."""
+    run = RunDir(run_dir)
+    if not run.manifest.is_file():
+        raise BookError(f"no run at {run.root} (no manifest.json)")
+    manifest = read_json(run.manifest)
+    unfinished = [name for name, entry in manifest["stages"].items() if entry.get("status") != "done"]
+    if unfinished or not manifest["config"]["evaluation"]["enabled"]:
+        what = f"stages not done: {', '.join(unfinished)}" if unfinished else "its evaluation is disabled"
+        raise BookError(f"refusing to publish {run.root}: the reference book needs a complete run ({what})")
+    return build(run, BOOK)
+
+
+def build(run_dir, book_dir=None, strict: bool = True) -> Path:
+    """Build HTML into `book_dir/_build/html` (default: the run's `book/`); with `strict`, warnings are errors."""
     book_dir = prepare(run_dir, book_dir)
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(book_dir), "--quiet"]
     if not Path(command[0]).exists():

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
+import math
+import re
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -35,6 +39,8 @@ class ModelConfig:
     tiny_vocab_size: int = 2048
 
     def validate(self, key):
+        _check(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None, f"{key}.device",
+               f"expected auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         _positive(self, key, "lora_r", "lora_alpha", "tiny_hidden_size", "tiny_layers")
         _check(self.tiny_vocab_size >= 300, f"{key}.tiny_vocab_size", "must be at least 300")
 
@@ -180,7 +186,8 @@ class EvaluationConfig:
     judge_mode: Literal["sampled", "constrained"] = "constrained"
     endpoint_base_url: Optional[str] = None  # an OpenAI-compatible API, e.g. https://api.openai.com/v1
     endpoint_model: Optional[str] = None
-    endpoint_api_key_env: str = "OPENAI_API_KEY"  # the key itself is never written anywhere
+    endpoint_api_key_env: str = "OPENAI_API_KEY"  # the NAME of the variable; the key itself is never written
+    endpoint_allow_http: bool = False  # plain http:// only to this machine unless this is true
     temperature: float = 0.7  # sampling of the evaluated responses
     top_p: float = 0.9
     max_new_tokens: int = 256
@@ -194,9 +201,19 @@ class EvaluationConfig:
         _positive(self, key, "max_new_tokens", "rm_samples", "bootstrap_samples")
         _check(self.rm_prompts >= 0, f"{key}.rm_prompts", "must be >= 0")
         _sampling(self, key)
+        # a key pasted where the variable's name belongs is refused before it is written anywhere (no echo)
+        _check(re.fullmatch(r"[A-Z_][A-Z0-9_]{0,63}", self.endpoint_api_key_env) is not None,
+               f"{key}.endpoint_api_key_env", "must be the NAME of an environment variable (A-Z, 0-9, _), not "
+               "the key itself; the value given was not written anywhere")
         if self.judge_model == "endpoint":
             _check(bool(self.endpoint_base_url and self.endpoint_model), f"{key}.judge_model",
                    "endpoint needs endpoint_base_url and endpoint_model")
+            url = urllib.parse.urlsplit(self.endpoint_base_url)
+            _check(url.scheme in ("https", "http") and bool(url.hostname), f"{key}.endpoint_base_url",
+                   "expected an http(s) URL such as https://api.openai.com/v1")
+            _check(url.scheme == "https" or self.endpoint_allow_http or is_loopback(url.hostname),
+                   f"{key}.endpoint_base_url", "plain http:// would send the API key unencrypted to another "
+                   "machine; use https://, or set endpoint_allow_http: true")
 
 
 @dataclass
@@ -216,7 +233,8 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def validate(self, key=""):
-        _check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None, "name",
+               "must be one plain folder name (letters, digits, '.', '_', '-'; not starting with '.')")
         _check(self.iterations >= 0, "iterations", "must be >= 0")
         names = run_models(self.iterations)
         _check(_model_reference_ok(self.self_instruct.prompt_model, ["base", "current"]),
@@ -238,6 +256,15 @@ class Config:
 def run_models(iterations: int) -> list[str]:
     """The model sequence of a run: SFT baseline, M1, then M2 ... M_{iterations+1}."""
     return ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, iterations + 1)]
+
+
+def is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _model_reference_ok(value: str, names: list[str]) -> bool:
@@ -283,6 +310,7 @@ def _coerce(value, hint, key):
                 pass
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                f"expected a number, got {value!r}")
+        _check(math.isfinite(value), key, f"expected a finite number, got {value!r}")
         return float(value)
     if hint is int:
         _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
@@ -360,7 +388,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except _DuplicateKey as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -368,3 +400,20 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return from_dict(apply_overrides(data, overrides or []), str(path))
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not a silent override."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"key {key!r} given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)

@@ -5,6 +5,7 @@ The mirror (e.g. SELFREWARD_DATA_DIR=../shared/data) has the hub's `OpenAssistan
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -30,15 +31,52 @@ def local_dir(data_cfg) -> Path | None:
     return path
 
 
+MIRROR_FILES = ["oasst/train.jsonl", "oasst/validation.jsonl", "eval/alpaca_eval.json"]
+OASST_FIELDS = ("message_id", "parent_id", "role", "text")
+
+
+def source_identity(data_cfg) -> str:
+    """Where the data comes from, for the data stage's fingerprint: the mirror's folder and the hash of
+    each of its files, or the hub ids."""
+    root = local_dir(data_cfg)
+    if root is None:
+        return f"hub:{data_cfg.oasst_hub_id},{data_cfg.alpaca_eval_hub_id}"
+    parts = [str(root.resolve())]
+    for name in MIRROR_FILES:
+        path = root / name
+        parts.append(hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "absent")
+    return "|".join(parts)
+
+
+def read_jsonl_rows(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
+    """JSON objects, one per line; a line that is not one (or lacks a required field) is a one-line
+    DataError naming the file and the line."""
+    rows = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise DataError(f"{path} line {number}: not valid JSON (truncated or corrupt)") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise DataError(f"{path} line {number}: missing field {missing[0]!r}")
+        rows.append(row)
+    return rows
+
+
 def load_oasst(split: str, data_cfg) -> list[dict]:
     """All OASST messages of a split ('train' or 'validation') as dicts in the hub schema."""
     root = local_dir(data_cfg)
     if root is not None:
-        path = root / "oasst" / f"{split}.jsonl"
-        if not path.is_file():
-            raise DataError(f"data file not found: {path}")
-        with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        return read_jsonl_rows(_mirror_file(root, f"oasst/{split}.jsonl"), OASST_FIELDS)
     from datasets import load_dataset
 
     return list(load_dataset(data_cfg.oasst_hub_id, split=split))
@@ -47,14 +85,35 @@ def load_oasst(split: str, data_cfg) -> list[dict]:
 def load_alpaca_eval(data_cfg) -> list[dict]:
     root = local_dir(data_cfg)
     if root is not None:
-        path = root / "eval" / "alpaca_eval.json"
-        if not path.is_file():
-            raise DataError(f"data file not found: {path}")
-        return json.loads(path.read_text(encoding="utf-8"))
+        return _json_rows(_mirror_file(root, "eval/alpaca_eval.json"), ("instruction",))
     from huggingface_hub import hf_hub_download
 
     path = hf_hub_download(data_cfg.alpaca_eval_hub_id, "alpaca_eval.json", repo_type="dataset")
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return _json_rows(Path(path), ("instruction",))
+
+
+def _mirror_file(root: Path, name: str) -> Path:
+    path = root / name
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    return path
+
+
+def _json_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """A JSON list of objects, each with the required fields; anything else is a one-line DataError."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    except ValueError as err:
+        raise DataError(f"{path}: not valid JSON ({getattr(err, 'msg', err)} at line {getattr(err, 'lineno', '?')})") \
+            from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or any(key not in row for key in required):
+            raise DataError(f"{path}: item {number} is not an object with the fields {', '.join(required)}")
+    return rows
 
 
 def _usable(message: dict) -> bool:

@@ -10,6 +10,7 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -51,6 +52,21 @@ class LocalPairwiseJudge:
         return [{"verdict": parse_preference(c.text), "p_a": None, "text": c.text} for (c,) in outputs]
 
 
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a redirect anywhere and send the Authorization header along: refuse any
+    redirect that leaves the endpoint's scheme, host and port."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        if (old.scheme, old.hostname, old.port) != (new.scheme, new.hostname, new.port):
+            raise EvaluationError(f"judge endpoint redirected to {new.scheme}://{new.hostname}: not following it "
+                                  "with the API key")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameOriginRedirects)
+
+
 @dataclass
 class EndpointPairwiseJudge:
     """Any OpenAI-compatible chat endpoint. The key is read from the environment, never stored."""
@@ -60,6 +76,7 @@ class EndpointPairwiseJudge:
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 120.0
     retries: int = 3
+    backoff: float = 1.0  # seconds before the first retry, doubling
 
     def _ask(self, prompt: str) -> str:
         key = os.environ.get(self.api_key_env)
@@ -72,12 +89,18 @@ class EndpointPairwiseJudge:
                                                   "Authorization": f"Bearer {key}"})
         for attempt in range(self.retries + 1):
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with _OPENER.open(request, timeout=self.timeout) as response:
                     return json.loads(response.read())["choices"][0]["message"]["content"]
-            except (urllib.error.URLError, TimeoutError) as err:  # rate limits and hiccups: back off, retry
+            except EvaluationError:  # a refused redirect: retrying would not change it
+                raise
+            # rate limits, hiccups and garbled answers: back off and retry, then say so in one line
+            except (urllib.error.URLError, TimeoutError, ValueError, KeyError, IndexError, TypeError) as err:
                 if attempt == self.retries:
-                    raise EvaluationError(f"judge endpoint {self.base_url} failed: {err}") from None
-                time.sleep(2 ** attempt)
+                    reason = "an answer that is not the expected JSON" if isinstance(
+                        err, (ValueError, KeyError, IndexError, TypeError)) else str(err)
+                    raise EvaluationError(f"judge endpoint {self.base_url} failed after {self.retries + 1} "
+                                          f"tries: {reason}") from None
+                time.sleep(self.backoff * 2 ** attempt)
 
     def verdicts(self, triples):
         texts = [self._ask(pairwise_prompt(*t)) for t in triples]

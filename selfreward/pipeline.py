@@ -4,11 +4,13 @@ The run folder's layout is `rundir.RunDir`; the stages are `stages.plan`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -16,9 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from selfreward.config import Config
+from selfreward.config import Config, ConfigError, run_models
 from selfreward.io import read_json, write_json, write_text
-from selfreward.rundir import RunDir
+from selfreward.rundir import RunDir, changed_files, file_records, locked
 from selfreward.stages import Stage, plan
 
 KERNEL = "selfreward"
@@ -31,11 +33,12 @@ class PipelineError(RuntimeError):
 
 
 def fingerprints(cfg: Config, stages: list[Stage]) -> dict[str, str]:
-    """Each stage's fingerprint covers its own config sections and the fingerprints of what it needs."""
+    """Each stage's fingerprint covers its own config sections, what it reads from outside the run (the
+    data source), and the fingerprints of the stages it needs."""
     result = {}
     for stage in stages:
         upstream = ",".join(result[n] for n in stage.needs)
-        blob = f"{upstream}|{stage.name}|{stage.iteration}|{cfg.section_hash(*stage.sections)}"
+        blob = f"{upstream}|{stage.name}|{stage.iteration}|{cfg.section_hash(*stage.sections)}|{stage.inputs(cfg)}"
         result[stage.name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return result
 
@@ -67,69 +70,180 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overrides: list[str] | None = None,
-        log=print) -> dict:
-    import papermill as pm
+class PipelineInterrupted(PipelineError):
+    """Ctrl-C (or SIGTERM) during a stage; the stage is marked interrupted and a re-run resumes."""
 
+
+def selected_stages(stages: list[Stage], force: list[str] = (), start: str | None = None) -> set[str]:
+    """The stages `--force` (each named stage and everything that depends on it) and `--from` (that stage
+    and every later one) ask to re-run, whatever the manifest says."""
+    names = [s.name for s in stages]
+    for name in [*force, *([start] if start else [])]:
+        if name not in names:
+            raise PipelineError(f"unknown stage {name!r}; this run's stages: {', '.join(names)}")
+    chosen = set(force)
+    for stage in stages:  # in order, so that needs are decided before their dependents
+        if chosen.intersection(stage.needs):
+            chosen.add(stage.name)
+    if start:
+        chosen.update(names[names.index(start):])
+    return chosen
+
+
+def preflight(cfg: Config, out_root: Path):
+    """What would otherwise fail hours into a run: the output folder, the device, every model spec and
+    the endpoint key, checked before anything is written."""
+    from selfreward import models
+
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_root):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--out {out_root}: cannot write there ({err.strerror or err})") from None
+    models.check_device(cfg.model.device)
+    references = [cfg.model.spec]
+    if cfg.self_instruct.prompt_model not in ("base", "current"):
+        references.append(cfg.self_instruct.prompt_model)
+    e = cfg.evaluation
+    if e.enabled and e.judge_model not in ["base", "endpoint"] + run_models(cfg.iterations):
+        references.append(e.judge_model)
+    for spec in references:
+        models.check_spec(spec)
+    if e.enabled and e.judge_model == "endpoint" and not os.environ.get(e.endpoint_api_key_env):
+        raise ConfigError(f"evaluation.judge_model: the endpoint judge needs an API key in the environment "
+                          f"variable {e.endpoint_api_key_env}, which is not set")
+
+
+def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overrides: list[str] | None = None,
+        force: list[str] = (), start: str | None = None, verify: bool = False, log=print) -> dict:
+    """Run the stages of `cfg` into `out_root/<name>`: stages whose config, inputs and outputs are unchanged
+    are skipped; the others run in one Jupyter kernel, in order. Returns the manifest."""
     run_dir = RunDir(Path(out_root) / cfg.name)
-    run_dir.notebooks.mkdir(parents=True, exist_ok=True)
-    previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
     stages = plan(cfg)
+    rerun = selected_stages(stages, force, start)
+    preflight(cfg, Path(out_root))
+    with locked(run_dir, log), _kernel() as kernel:
+        return _run_stages(cfg, run_dir, stages, rerun, verify, kernel,
+                           {"params_file": params_file, "overrides": overrides or []}, log)
+
+
+def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[str], verify: bool, kernel,
+                invocation: dict, log) -> dict:
+    previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
     prints = fingerprints(cfg, stages)
     manifest = {
-        "name": cfg.name, "params_file": params_file, "overrides": overrides or [],
+        "name": cfg.name, **invocation,
         "created": previous.get("created", _now()), "updated": _now(),
         "versions": versions(), "device": _device(cfg), "config": cfg.to_dict(),
         "stages": {s.name: previous.get("stages", {}).get(s.name, {"status": "pending"}) for s in stages},
     }
+    run_dir.notebooks.mkdir(parents=True, exist_ok=True)
     write_text(run_dir.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_json(run_dir.manifest, manifest)
-    ensure_kernel()
-
     ran: set[str] = set()
     for index, stage in enumerate(stages):
-        entry = manifest["stages"][stage.name]
-        executed, counts_file = run_dir.notebook(stage.name), run_dir.counts(stage.name)
-        if (not stage.report and not ran.intersection(stage.needs) and entry.get("status") == "done"
-                and entry.get("fingerprint") == prints[stage.name] and counts_file.is_file() and executed.is_file()):
+        reason = _why_run(stage, manifest["stages"][stage.name], prints[stage.name], run_dir, rerun, ran, verify)
+        if reason is None:
             log(f"[{stage.name}] unchanged, skipped")
             continue
         ran.add(stage.name)
-        stage_config = {s: _plain(cfg, s) for s in stage.sections}
-        entry = manifest["stages"][stage.name] = {
-            "status": "running", "fingerprint": prints[stage.name], "notebook": run_dir.relative(executed),
-            "iteration": stage.iteration or None, "config": stage_config, "started": _now()}
-        write_json(run_dir.manifest, manifest)
-        counts_file.unlink(missing_ok=True)
-        log(f"[{stage.name}] running {stage.notebook}")
-        started = time.time()
-        scratch = executed.with_name(f".running.{executed.name}")
-        try:
-            pm.execute_notebook(str(NOTEBOOKS / stage.notebook), str(scratch), kernel_name=KERNEL,
-                                parameters={"config": cfg.to_dict(), "run_dir": str(run_dir.root.resolve()),
-                                            "stage": stage.name},
-                                log_output=True, progress_bar=False)
-        except Exception as err:  # papermill wraps the notebook's exception
-            message = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
-            failed = executed.with_name(f"{executed.stem}.failed.ipynb")
-            if scratch.exists():
-                os.replace(scratch, failed)
-            entry.update(status="failed", error=message, duration_s=round(time.time() - started, 1),
-                         finished=_now(), notebook=run_dir.relative(failed))
-            for later in stages[index + 1:]:  # their old artifacts no longer follow from this run
-                manifest["stages"][later.name] = {"status": "pending"}
-            write_json(run_dir.manifest, manifest)
-            raise PipelineError(f"stage {stage.name} stopped: {message.splitlines()[0]} "
-                                f"(details: {failed})") from None
-        os.replace(scratch, executed)
-        counts = read_json(counts_file) if counts_file.is_file() else {}  # report stages count nothing
-        entry.update(status="done", counts=counts, duration_s=round(time.time() - started, 1),
-                     finished=_now())
-        write_json(run_dir.manifest, manifest)
-        log(f"[{stage.name}] done in {entry['duration_s']} s: {json.dumps(entry['counts'])}")
+        log(f"[{stage.name}] running {stage.notebook} ({reason})")
+        _execute(cfg, run_dir, stage, stages[index + 1:], prints[stage.name], manifest, kernel, log)
     manifest["counts"] = summary_counts(manifest)
     write_json(run_dir.manifest, manifest)
     return manifest
+
+
+def _why_run(stage: Stage, entry: dict, fingerprint: str, run_dir: RunDir, rerun: set[str], ran: set[str],
+             verify: bool) -> str | None:
+    """Why a stage must run, or None when its last result still holds."""
+    if stage.report:
+        return "a report: always rendered"
+    if stage.name in rerun:
+        return "asked for"
+    status = entry.get("status", "pending")
+    if status != "done":
+        return {"pending": "not run before", "running": "its last run was killed",
+                "interrupted": "its last run was interrupted"}.get(status, f"its last run {status}")
+    if entry.get("fingerprint") != fingerprint:
+        return "its config or inputs changed"
+    upstream = sorted(ran.intersection(stage.needs))
+    if upstream:
+        return f"{', '.join(upstream)} re-ran"
+    changed = changed_files(run_dir, entry.get("outputs"), verify_weights=verify)
+    return f"outputs changed: {changed}" if changed else None
+
+
+def _execute(cfg: Config, run_dir: RunDir, stage: Stage, later: list[Stage], fingerprint: str, manifest: dict,
+             kernel, log):
+    """Execute one stage notebook and record its result, whatever happens to it."""
+    import papermill as pm
+
+    executed, counts_file = run_dir.notebook(stage.name), run_dir.counts(stage.name)
+    entry = manifest["stages"][stage.name] = {
+        "status": "running", "fingerprint": fingerprint, "notebook": run_dir.relative(executed),
+        "iteration": stage.iteration or None, "config": {s: _plain(cfg, s) for s in stage.sections},
+        "started": _now()}
+    write_json(run_dir.manifest, manifest)
+    counts_file.unlink(missing_ok=True)
+    started = time.time()
+    scratch = executed.with_name(f".running.{executed.name}")
+
+    def stop(status: str, **details):
+        entry.update(status=status, duration_s=round(time.time() - started, 1), finished=_now(), **details)
+        for stage_after in later:  # their old artifacts no longer follow from this run
+            manifest["stages"][stage_after.name] = {"status": "pending"}
+        write_json(run_dir.manifest, manifest)
+
+    try:
+        pm.execute_notebook(str(NOTEBOOKS / stage.notebook), str(scratch), kernel_name=KERNEL, km=kernel,
+                            parameters={"config": cfg.to_dict(), "run_dir": str(run_dir.root.resolve()),
+                                        "stage": stage.name},
+                            log_output=True, progress_bar=False)
+    except KeyboardInterrupt:
+        scratch.unlink(missing_ok=True)
+        stop("interrupted")
+        raise PipelineInterrupted(f"interrupted in stage {stage.name}; re-run to resume") from None
+    except Exception as err:  # papermill wraps the notebook's exception
+        message = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
+        failed = executed.with_name(f"{executed.stem}.failed.ipynb")
+        if scratch.exists():
+            os.replace(scratch, failed)
+        stop("failed", error=message, notebook=run_dir.relative(failed))
+        raise PipelineError(f"stage {stage.name} stopped: {message.splitlines()[0]} (details: {failed})") from None
+    os.replace(scratch, executed)
+    counts = read_json(counts_file) if counts_file.is_file() else {}  # report stages count nothing
+    outputs = {} if stage.report else file_records(run_dir, stage.outputs(run_dir) + [counts_file, executed])
+    entry.update(status="done", counts=counts, outputs=outputs, duration_s=round(time.time() - started, 1),
+                 finished=_now())
+    write_json(run_dir.manifest, manifest)
+    log(f"[{stage.name}] done in {entry['duration_s']} s: {json.dumps(entry['counts'])}")
+
+
+@contextlib.contextmanager
+def _kernel():
+    """One Jupyter kernel for every stage of a run: each stage notebook would otherwise start its own and
+    import torch, transformers, peft and TRL again (about 10 s each on a CPU)."""
+    from jupyter_client.manager import KernelManager
+
+    ensure_kernel()
+    with tempfile.TemporaryDirectory(prefix="selfreward-kernel-") as sockets:
+        # local sockets in a private folder (TCP would also do, but warns that it is unencrypted)
+        kernel = KernelManager(kernel_name=KERNEL, transport="ipc", ip=os.path.join(sockets, "kernel"))
+        try:
+            yield kernel
+        except BaseException:
+            # after a failure or Ctrl-C the client's event loop may still hold the interrupted request: a
+            # polite shutdown would run it again, so the kernel is killed outright
+            process = getattr(kernel.provisioner, "process", None) if kernel.has_kernel else None
+            if process is not None:
+                process.kill()
+                process.wait()
+            raise
+        else:
+            if kernel.has_kernel:
+                kernel.shutdown_kernel(now=True)
 
 
 def summary_counts(manifest: dict) -> dict:

@@ -34,6 +34,7 @@ class Stage:
     sections: tuple[str, ...]  # the config sections it reads (its fingerprint)
     needs: tuple[str, ...] = ()  # the stages whose outputs it reads
     outputs: Callable[[RunDir], list[Path]] = lambda run: []  # the files and folders it writes
+    inputs: Callable[[Config], str] = lambda cfg: ""  # what it reads from outside the run, for its fingerprint
     iteration: int = 0
     report: bool = False  # renders reports only: re-run every time, records no outputs
 
@@ -42,7 +43,8 @@ def plan(cfg: Config) -> list[Stage]:
     """The stages of a run, in order."""
     model_sections = ("seed", "model")
     stages = [
-        Stage("data", "01_data.ipynb", run_data, ("seed", "data"), outputs=lambda r: [r.data]),
+        Stage("data", "01_data.ipynb", run_data, ("seed", "data"), outputs=lambda r: [r.data],
+              inputs=lambda cfg: data.source_identity(cfg.data)),
         Stage("sft_baseline", "02_sft_baseline.ipynb", run_sft_baseline, model_sections + ("sft",), ("data",),
               lambda r: [r.model("sft_baseline")]),
         Stage("eft", "03_eft.ipynb", run_eft, model_sections + ("generation", "judge", "eft"),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,33 @@ def shared_data_dir() -> str | None:
         return value
     beside = REPO.parent / "shared" / "data"
     return str(beside) if beside.is_dir() else None
+
+
+# ---------------------------------------------------------------- the tiny pipeline, run once per session
+
+def run_cli(out: Path, cache: Path, *args: str, command: str = "run", env: dict | None = None,
+            background: bool = False, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
+    """`selfreward COMMAND params/tiny.yaml --out OUT ARGS...` with the real data; in the background (a
+    Popen with the `popen` arguments) when asked."""
+    environment = dict(os.environ, SELFREWARD_CACHE=str(cache), **(env or {}))
+    if shared_data_dir() and "SELFREWARD_DATA_DIR" not in (env or {}):
+        environment["SELFREWARD_DATA_DIR"] = shared_data_dir()
+    argv = [sys.executable, "-m", "selfreward.cli", command, str(REPO / "params" / "tiny.yaml"), "--out", str(out),
+            *args]
+    if background:
+        return subprocess.Popen(argv, env=environment, cwd=REPO, **popen)
+    return subprocess.run(argv, capture_output=True, text=True, env=environment, cwd=REPO)
+
+
+def git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO).stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The whole tiny profile and its book, once per session; the checkout's git status before it."""
+    root = tmp_path_factory.mktemp("pipeline")
+    before = git_status()
+    result = run_cli(root / "runs", root / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result, before

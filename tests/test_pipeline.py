@@ -1,44 +1,20 @@
 """End to end: `selfreward run params/tiny.yaml` on the real OASST data (mirror or hub)."""
 import json
-import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import REPO, shared_data_dir
+from conftest import git_status, run_cli
 
 pytestmark = pytest.mark.slow
 TRAINING = ["data", "sft_baseline", "eft", "m1", "iteration_1", "iteration_2"]
 STAGES = TRAINING + ["evaluation", "reward_model", "results"]
 
 
-def run_cli(out: Path, cache: Path, *overrides: str, book: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SELFREWARD_CACHE=str(cache))
-    if shared_data_dir():
-        env["SELFREWARD_DATA_DIR"] = shared_data_dir()
-    args = [sys.executable, "-m", "selfreward.cli", "run", str(REPO / "params" / "tiny.yaml"), "--out", str(out)]
-    args += ["--book", str(book)] if book else ["--no-book"]
-    for item in overrides:
-        args += ["--set", item]
-    return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The whole tiny profile, ending with the book built into a copy of book/ (never the repo's)."""
-    root = tmp_path_factory.mktemp("pipeline")
-    shutil.copytree(REPO / "book", root / "book", ignore=shutil.ignore_patterns("_build", "run", "_toc.yml"))
-    result = run_cli(root / "runs", root / "cache", book=root / "book")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, result
-
-
 def test_tiny_run_produces_every_model_dataset_and_manifest(tiny_run):
-    root, _ = tiny_run
+    root, _, _ = tiny_run
     run = root / "runs" / "tiny"
     manifest = json.loads((run / "manifest.json").read_text())
     assert list(manifest["stages"]) == STAGES
@@ -47,9 +23,14 @@ def test_tiny_run_produces_every_model_dataset_and_manifest(tiny_run):
             continue  # a report: no config sections of its own
         assert entry["status"] == "done", name
         assert entry["duration_s"] > 0 and entry["config"] and entry["fingerprint"]
+        assert entry["notebook"] == f"notebooks/{name}.ipynb"  # named by stage, never renumbered
+        # every output is recorded with its size and hash; model weights among them
+        assert entry["outputs"] and all(len(r["sha256"]) == 64 for r in entry["outputs"].values())
+        assert f"stages/{name}.json" in entry["outputs"] and entry["notebook"] in entry["outputs"]
         notebook = nbformat.read(run / entry["notebook"], as_version=4)
         outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
         assert outputs and not [o for o in outputs if o.output_type == "error"]
+    assert "models/m3/model.safetensors" in manifest["stages"]["iteration_2"]["outputs"]
     assert manifest["versions"]["torch"] and manifest["versions"]["trl"]
     assert manifest["stages"]["results"]["status"] == "done"
     assert manifest["stages"]["iteration_1"]["config"]["dpo"]["beta"] == 0.1
@@ -70,25 +51,29 @@ def test_tiny_run_produces_every_model_dataset_and_manifest(tiny_run):
 
 
 def test_rerun_skips_unchanged_stages_and_reruns_changed_ones(tiny_run):
-    root, _ = tiny_run
-    again = run_cli(root / "runs", root / "cache")
+    root, _, _ = tiny_run
+    again = run_cli(root / "runs", root / "cache", "--no-book")
     assert again.returncode == 0
     assert all(f"[{name}] unchanged, skipped" in again.stdout for name in STAGES if name != "results")
     assert "[results] running" in again.stdout  # reports are always re-rendered
-    changed = run_cli(root / "runs", root / "cache", "dpo.beta=0.2", "iterations=1", "evaluation.enabled=false")
+    out = root / "changed"
+    shutil.copytree(root / "runs", out)
+    changed = run_cli(out, root / "cache", "--no-book", "--set", "dpo.beta=0.2", "--set", "iterations=1",
+                      "--set", "evaluation.enabled=false")
     assert changed.returncode == 0, changed.stderr[-2000:]
-    assert "[m1] unchanged, skipped" in changed.stdout and "[iteration_1] running" in changed.stdout
-    manifest = json.loads((root / "runs" / "tiny" / "manifest.json").read_text())
+    assert "[m1] unchanged, skipped" in changed.stdout
+    assert "[iteration_1] running 05_iteration.ipynb (its config or inputs changed)" in changed.stdout
+    manifest = json.loads((out / "tiny" / "manifest.json").read_text())
     assert list(manifest["stages"]) == TRAINING[:5]
     assert manifest["stages"]["iteration_1"]["config"]["dpo"]["beta"] == 0.2
 
 
 def test_a_profile_without_eft_examples_stops_cleanly(tiny_run):
-    root, _ = tiny_run
+    root, _, _ = tiny_run
     out = root / "sampled"
     shutil.copytree(root / "runs", out)
     # a random-init judge never writes "Score: n": sampled mode yields no score, hence no EFT example
-    result = run_cli(out, root / "cache", "judge.mode=sampled")
+    result = run_cli(out, root / "cache", "--no-book", "--set", "judge.mode=sampled")
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("selfreward: error: stage eft stopped: StageError: no EFT example")
@@ -101,7 +86,7 @@ def test_a_profile_without_eft_examples_stops_cleanly(tiny_run):
 
 
 def test_evaluation_outputs_and_results_chapter(tiny_run):
-    root, _ = tiny_run
+    root, _, _ = tiny_run
     run = root / "runs" / "tiny"
     h2h = json.loads((run / "eval" / "head_to_head.json").read_text())
     assert list(h2h["comparisons"])[:6] == ["m1 vs sft_baseline", "m2 vs sft_baseline", "m3 vs sft_baseline",
@@ -122,10 +107,11 @@ def test_evaluation_outputs_and_results_chapter(tiny_run):
     assert len(figures) == 3  # win/tie/loss bars, reward-model metrics, score histograms
 
 
-def test_book_is_built_with_every_chapter(tiny_run):
-    root, result = tiny_run
-    html = root / "book" / "_build" / "html"
+def test_book_is_built_in_the_run_folder_with_every_chapter(tiny_run):
+    root, result, status_before = tiny_run
+    html = root / "runs" / "tiny" / "book" / "_build" / "html"
     assert f"book: {html / 'index.html'}" in result.stdout
+    assert git_status() == status_before  # the checkout's book/ (the committed reference) is untouched
     pages = sorted(p.name for p in (html / "run").glob("*.html"))
     assert pages == sorted(f"{name}.html" for name in STAGES)
     results = (html / "run" / "results.html").read_text()
@@ -138,8 +124,8 @@ def test_a_real_browser_renders_the_results_page(tiny_run, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.fail("Chromium is needed for this test: apt-get install chromium (.ci/run does)")
-    root, _ = tiny_run
-    page = (root / "book" / "_build" / "html" / "run" / "results.html").as_uri()
+    root, _, _ = tiny_run
+    page = (root / "runs" / "tiny" / "book" / "_build" / "html" / "run" / "results.html").as_uri()
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,5000"]
     shot = tmp_path / "results.png"
     subprocess.run(flags + [f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True)

@@ -1,0 +1,332 @@
+"""Faults a hostile but fair user can cause, each with the exact line the user sees and the exit code.
+
+The run-level faults work on copies of the session's finished tiny run (conftest.tiny_run), with the
+evaluation switched off where it is not the point, so that each re-runs only what the fault touched.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+from selfreward.evaluation import EndpointPairwiseJudge, EvaluationError
+
+NO_EVAL = ("--no-book", "--set", "evaluation.enabled=false")
+
+
+def cli(*args, cwd=REPO, env=None) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "selfreward.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=environment)
+
+
+def last_line(result) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def copy_run(tiny_run, name: str) -> Path:
+    root = tiny_run[0]
+    out = root / name
+    shutil.copytree(root / "runs", out, ignore=shutil.ignore_patterns("book"))
+    return out
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "tiny" / "manifest.json").read_text())
+
+
+def counts(out: Path, stage: str) -> dict:
+    return {k: v for k, v in manifest(out)["stages"][stage]["counts"].items() if k != "seconds"}
+
+
+def wait_for(predicate, timeout: float = 180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def stage_running(out: Path, stage: str) -> bool:
+    try:
+        return manifest(out)["stages"][stage]["status"] == "running"
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return False
+
+
+# ---------------------------------------------------------------- params and arguments (no run needed)
+
+@pytest.mark.parametrize("yaml_text,line", [
+    ("name: ..\n", "name: must be one plain folder name"),
+    ("name: a/b\n", "name: must be one plain folder name"),
+    ("sft:\n  learning_rate: .inf\n", "sft.learning_rate: expected a finite number, got inf"),
+    ("dpo:\n  beta: .nan\n", "dpo.beta: expected a finite number, got nan"),
+    ("sft:\n  epochs: 1\n  epochs: 2\n", "key 'epochs' given twice (line 3)"),
+    ("model:\n  device: gpu\n", "model.device: expected auto, cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("evaluation:\n  endpoint_api_key_env: sk-proj-abc123SECRET\n",
+     "evaluation.endpoint_api_key_env: must be the NAME of an environment variable"),
+    ("evaluation:\n  judge_model: endpoint\n  endpoint_model: m\n  endpoint_base_url: http://judge.example.com/v1\n",
+     "evaluation.endpoint_base_url: plain http:// would send the API key unencrypted"),
+])
+def test_bad_params_are_one_line_errors_with_exit_code_2(tmp_path, yaml_text, line):
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml_text)
+    result = cli("run", str(params), "--out", str(tmp_path / "runs"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert last_line(result).startswith(f"selfreward: error: {params}: {line}")
+    assert "SECRET" not in result.stderr + result.stdout  # a pasted key is never echoed
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_name_override_cannot_escape_the_output_folder(tmp_path):
+    result = cli("run", str(REPO / "params" / "tiny.yaml"), "--out", str(tmp_path / "runs"), "--set", "name=..")
+    assert result.returncode == 2
+    assert last_line(result) == (f"selfreward: error: {REPO / 'params' / 'tiny.yaml'}: name: must be one plain folder "
+                                 "name (letters, digits, '.', '_', '-'; not starting with '.')")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_params_file_that_is_not_utf8(tmp_path):
+    params = tmp_path / "p.yaml"
+    params.write_bytes(b"name: caf\xe9\n")
+    result = cli("run", str(params))
+    assert (result.returncode, last_line(result)) == (2, f"selfreward: error: {params}: not UTF-8 text")
+
+
+def test_out_that_is_a_file_or_not_writable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out, reason in [(blocker, "File exists"), (blocker / "sub", "Not a directory"),
+                        (Path("/proc/selfreward-test"), "No such file or directory")]:
+        result = cli("run", str(REPO / "params" / "tiny.yaml"), "--out", str(out))
+        assert result.returncode == 2, result.stderr
+        assert last_line(result) == f"selfreward: error: --out {out}: cannot write there ({reason})"
+
+
+def test_cuda_without_a_gpu_and_missing_models_fail_before_the_first_stage(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    tiny = str(REPO / "params" / "tiny.yaml")
+    result = cli("run", tiny, "--out", str(tmp_path), "--set", "model.device=cuda")
+    assert (result.returncode, last_line(result)) == (2, "selfreward: error: model.device: cuda requested, but this "
+                                                         "machine has no CUDA device (use auto or cpu)")
+    missing = tmp_path / "no-such-model"
+    result = cli("run", tiny, "--out", str(tmp_path), "--set", f"evaluation.judge_model={missing}")
+    assert (result.returncode, last_line(result)) == (2, f"selfreward: error: model path not found: {missing}")
+    result = cli("run", tiny, "--out", str(tmp_path), "--set", "evaluation.judge_model=endpoint",
+                 "--set", "evaluation.endpoint_base_url=https://judge.example.com/v1",
+                 "--set", "evaluation.endpoint_model=m", "--set", "evaluation.endpoint_api_key_env=NO_SUCH_KEY_VAR")
+    assert (result.returncode, last_line(result)) == (2, "selfreward: error: evaluation.judge_model: the endpoint judge "
+                                                         "needs an API key in the environment variable NO_SUCH_KEY_VAR, "
+                                                         "which is not set")
+    assert not (tmp_path / "tiny").exists()  # refused before anything was written
+
+
+def test_unknown_stage_for_force():
+    result = cli("run", str(REPO / "params" / "tiny.yaml"), "--out", "/tmp/never-written", "--force", "m9")
+    assert result.returncode == 1
+    assert last_line(result).startswith("selfreward: error: unknown stage 'm9'; this run's stages: data, sft_baseline")
+
+
+# ---------------------------------------------------------------- data files
+
+@pytest.mark.parametrize("bad_line,message", [
+    ('{"message_id": "x", "parent_id": nu', "line 3: not valid JSON (truncated or corrupt)"),
+    ("[1, 2]", "line 3: expected a JSON object, got list"),
+])
+@pytest.mark.slow
+def test_corrupt_data_file_names_the_file_and_line(tiny_run, tmp_path, bad_line, message):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(_data_dir(), mirror)
+    train = mirror / "oasst" / "train.jsonl"
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join(lines[:2] + [bad_line] + lines[3:]) + "\n")
+    result = run_cli(tmp_path / "runs", tiny_run[0] / "cache", *NO_EVAL, env={"SELFREWARD_DATA_DIR": str(mirror)})
+    assert result.returncode == 1
+    assert last_line(result).startswith(f"selfreward: error: stage data stopped: DataError: {train} {message}")
+
+
+def _data_dir() -> Path:
+    from conftest import shared_data_dir
+
+    if not shared_data_dir():
+        pytest.skip("needs the data mirror (SELFREWARD_DATA_DIR)")
+    return Path(shared_data_dir())
+
+
+# ---------------------------------------------------------------- runs: concurrency, artifacts, interruptions
+
+@pytest.mark.slow
+def test_a_second_run_into_the_same_folder_is_refused(tiny_run):
+    out = copy_run(tiny_run, "concurrent")
+    log = (out / "first.log").open("w")  # a file, not a pipe that nobody reads while the run fills it
+    first = run_cli(out, tiny_run[0] / "cache", *NO_EVAL, "--force", "iteration_2", background=True,
+                    stdout=log, stderr=log)
+    wait_for(lambda: stage_running(out, "iteration_2"))
+    second = run_cli(out, tiny_run[0] / "cache", *NO_EVAL, "--set", "data.ift_size=32")
+    assert second.returncode == 1
+    assert last_line(second).startswith(f"selfreward: error: run folder {out / 'tiny'} is in use by PID {first.pid} ")
+    assert first.wait(timeout=300) == 0
+    assert manifest(out)["config"]["data"]["ift_size"] == 64  # the second run changed nothing
+
+
+@pytest.mark.slow
+def test_truncated_and_deleted_artifacts_rerun_their_stage(tiny_run):
+    out = copy_run(tiny_run, "artifacts")
+    pairs = out / "tiny" / "aift" / "m2" / "pairs.jsonl"
+    pairs.write_text(pairs.read_text().splitlines()[0] + "\n")
+    result = run_cli(out, tiny_run[0] / "cache", *NO_EVAL)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[iteration_1] unchanged, skipped" in result.stdout
+    assert "[iteration_2] running 05_iteration.ipynb (outputs changed: aift/m2/pairs.jsonl changed size" in result.stdout
+    assert counts(out, "iteration_2") == counts(tiny_run[0] / "runs", "iteration_2")
+
+    (out / "tiny" / "models" / "m3" / "model.safetensors").unlink()
+    result = run_cli(out, tiny_run[0] / "cache", *NO_EVAL)
+    assert "[iteration_2] running 05_iteration.ipynb (outputs changed: models/m3/model.safetensors is missing)" \
+        in result.stdout
+    assert (out / "tiny" / "models" / "m3" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_a_changed_data_source_reruns_the_data_stage(tiny_run, tmp_path):
+    out = copy_run(tiny_run, "source")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli(out, tiny_run[0] / "cache", *NO_EVAL, env={"SELFREWARD_DATA_DIR": str(empty)})
+    assert result.returncode == 1
+    assert "[data] running 01_data.ipynb (its config or inputs changed)" in result.stdout
+    assert last_line(result).startswith(
+        f"selfreward: error: stage data stopped: DataError: data file not found: {empty / 'oasst' / 'train.jsonl'}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_a_run_killed_or_interrupted_mid_stage_resumes_to_the_same_counts(tiny_run, how):
+    out = copy_run(tiny_run, f"stopped-{how}")
+    log = out / "stopped.log"
+    with log.open("w") as handle:
+        run = run_cli(out, tiny_run[0] / "cache", *NO_EVAL, "--force", "iteration_2", background=True,
+                      stdout=handle, stderr=handle, start_new_session=True)
+    wait_for(lambda: stage_running(out, "iteration_2"))
+    time.sleep(3)  # well inside the stage
+    if how == "SIGKILL":
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        assert manifest(out)["stages"]["iteration_2"]["status"] == "running"  # as the killed run left it
+    else:
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=120) == 130
+        assert log.read_text().strip().splitlines()[-1] == \
+            "selfreward: error: interrupted in stage iteration_2; re-run to resume"
+        assert manifest(out)["stages"]["iteration_2"]["status"] == "interrupted"
+        assert not list((out / "tiny" / "notebooks").glob(".running.*"))
+        assert not (out / "tiny" / ".lock").exists()
+    resumed = run_cli(out, tiny_run[0] / "cache", *NO_EVAL)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    reason = "its last run was killed" if how == "SIGKILL" else "its last run was interrupted"
+    assert f"[iteration_2] running 05_iteration.ipynb ({reason})" in resumed.stdout
+    if how == "SIGKILL":
+        assert "[lock] taking over a stale lock of PID" in resumed.stdout
+    assert counts(out, "iteration_2") == counts(tiny_run[0] / "runs", "iteration_2")
+    assert not list((out / "tiny").rglob(".*.tmp")) and not list((out / "tiny" / "notebooks").glob(".running.*"))
+
+
+@pytest.mark.slow
+def test_book_publish_refuses_an_incomplete_run(tiny_run):
+    out = copy_run(tiny_run, "incomplete")
+    entry = manifest(out)
+    entry["stages"]["reward_model"]["status"] = "failed"
+    (out / "tiny" / "manifest.json").write_text(json.dumps(entry))
+    before = sorted(p.name for p in (REPO / "book" / "run").iterdir())
+    result = run_cli(out, tiny_run[0] / "cache", "--publish", command="book")
+    assert result.returncode == 1
+    assert last_line(result) == (f"selfreward: error: refusing to publish {out / 'tiny'}: the reference book needs "
+                                 "a complete run (stages not done: reward_model)")
+    assert sorted(p.name for p in (REPO / "book" / "run").iterdir()) == before
+
+
+# ---------------------------------------------------------------- a hostile endpoint
+
+class _Redirect(BaseHTTPRequestHandler):
+    target = ""
+
+    def do_POST(self):  # noqa: N802
+        self.send_response(302)
+        self.send_header("Location", self.target)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+class _Collector(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802
+        self.seen.append(self.headers.get("Authorization"))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"choices": [{"message": {"content": "Output (a)"}}]}')
+
+    def do_GET(self):  # noqa: N802 (a 302 turns the POST into a GET)
+        self.do_POST()
+
+    def log_message(self, *args):
+        pass
+
+
+class _Garbage(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>Bad gateway</html>")
+
+    def log_message(self, *args):
+        pass
+
+
+def _serve(handler, host="127.0.0.1"):
+    server = HTTPServer((host, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_a_redirecting_endpoint_never_receives_the_key_elsewhere(monkeypatch):
+    collector = _serve(_Collector)
+    _Redirect.target = f"http://localhost:{collector.server_port}/v1/chat/completions"  # another origin
+    redirect = _serve(_Redirect)
+    monkeypatch.setenv("JUDGE_KEY", "sk-TEST-SECRET-123")
+    judge = EndpointPairwiseJudge(f"http://127.0.0.1:{redirect.server_port}/v1", "m", "JUDGE_KEY", backoff=0)
+    try:
+        with pytest.raises(EvaluationError) as err:
+            judge.verdicts([("q", "a", "b")])
+    finally:
+        redirect.shutdown()
+        collector.shutdown()
+    assert str(err.value) == "judge endpoint redirected to http://localhost: not following it with the API key"
+    assert _Collector.seen == [] and "SECRET" not in str(err.value)
+
+
+def test_an_endpoint_answering_garbage_is_retried_then_one_line(monkeypatch):
+    server = _serve(_Garbage)
+    monkeypatch.setenv("JUDGE_KEY", "k")
+    url = f"http://127.0.0.1:{server.server_port}/v1"
+    try:
+        with pytest.raises(EvaluationError) as err:
+            EndpointPairwiseJudge(url, "m", "JUDGE_KEY", retries=2, backoff=0).verdicts([("q", "a", "b")])
+    finally:
+        server.shutdown()
+    assert str(err.value) == f"judge endpoint {url} failed after 3 tries: an answer that is not the expected JSON"
