@@ -5,6 +5,7 @@ model sequence SFT baseline -> M1 -> M2 -> M3 is a chain of ordinary checkpoints
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 
 import torch
@@ -154,7 +155,9 @@ def use_fast_dropout(model):
 #   then the rejected rows in the same order;
 # - `self._metrics[mode][name]` lists are what TRL logs (averaged per logging step);
 # - `self._total_train_tokens` is SFTTrainer's running token count, logged as `num_tokens`;
-# - `self.ref_model` (None under LoRA, where the reference is the model with its adapter disabled).
+# - `self.ref_model` (None under LoRA, where the reference is the model with its adapter disabled);
+# - with `precompute_ref_log_probs`, TRL calls `compute_ref_log_probs(model, batch)` for every batch in
+#   its __init__ and adds `ref_chosen_logps` / `ref_rejected_logps` to the batches.
 
 class _WithFastDropout:
     def __init__(self, *args, **kwargs):
@@ -188,19 +191,41 @@ def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: fl
                                           "rewards/margins": margin, "rewards/accuracies": (margin > 0).float()}
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """No dropout for the length of a block, then the mode the model was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 class LeanDPOTrainer(_WithFastDropout, DPOTrainer):
-    """TRL's DPOTrainer with `dpo_loss` on log-probabilities from `token_logprobs`."""
+    """TRL's DPOTrainer with `dpo_loss` on log-probabilities from `token_logprobs`. The reference
+    log-probabilities are computed once, before training (`precompute_ref_log_probs`), by
+    `compute_ref_log_probs`: a deterministic eval-mode forward of the starting model."""
+
+    def compute_ref_log_probs(self, model, inputs):
+        """log pi_ref of the chosen and the rejected rows of a batch. The reference is the starting model
+        without dropout (the policy keeps its dropout): under LoRA the same weights with the adapter off."""
+        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
+        reference = self.ref_model or model
+        adapter_off = self.accelerator.unwrap_model(self.model).disable_adapter() \
+            if self.ref_model is None and hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
+        with torch.no_grad(), adapter_off, eval_mode(reference):
+            logps = token_logprobs(reference, inputs["input_ids"], inputs["attention_mask"], labels)[0].sum(-1)
+        return logps.chunk(2)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-        args = (inputs["input_ids"], inputs["attention_mask"], labels)
-        logps = token_logprobs(model, *args, recompute=self.args.gradient_checkpointing)[0].sum(-1)
-        with torch.no_grad():
-            if self.ref_model is not None:
-                reference = token_logprobs(self.ref_model, *args)[0].sum(-1)
-            else:  # LoRA: the reference is the same weights without the adapter
-                with self.accelerator.unwrap_model(self.model).disable_adapter():
-                    reference = token_logprobs(model, *args)[0].sum(-1)
+        logps = token_logprobs(model, inputs["input_ids"], inputs["attention_mask"], labels,
+                               recompute=self.args.gradient_checkpointing)[0].sum(-1)
+        if "ref_chosen_logps" in inputs:
+            reference = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps)
+        else:
+            reference = torch.cat(self.compute_ref_log_probs(model, inputs))
         loss, rewards = dpo_loss(logps, reference, self.beta)
         mode = "train" if model.training else "eval"
         chosen_logps, rejected_logps = logps.detach().chunk(2)
@@ -248,9 +273,11 @@ def dpo_trainer(model_dir: str, pairs: list[dict], train_cfg, model_cfg, output_
     model, tokenizer, peft_config, chat = _load_for_training(model_dir, model_cfg, train_cfg.dropout)
     rows = [{"prompt": chat.prompt(p["prompt"]), "chosen": chat.completion(p["chosen"]),
              "rejected": chat.completion(p["rejected"])} for p in pairs]
-    # the paper keeps dropout on during DPO
+    # the paper keeps dropout on in the policy; the reference log-probs are computed once, before training,
+    # without dropout (the model is in eval mode until training starts)
     args = DPOConfig(**_common_args(train_cfg, model_cfg, output_dir, seed), beta=train_cfg.beta,
-                     disable_dropout=False)
+                     disable_dropout=False, precompute_ref_log_probs=True)
+    model.eval()
     return _trainer(LeanDPOTrainer if train_cfg.logprobs == "selected" else DPOTrainer, model, args, rows,
                     tokenizer, peft_config)
 

@@ -181,3 +181,29 @@ def test_dpo_loss_by_hand():
     assert loss.item() == pytest.approx(expected.item())
     same, _ = dpo_loss(reference, reference, beta=0.1)  # policy = reference: log 2, whatever the log-probs
     assert same.item() == pytest.approx(0.6931472)
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_dpo_reference_is_a_deterministic_eval_mode_forward_of_the_starting_model(tiny_model_dir, tmp_path,
+                                                                                 finetune):
+    model_cfg = ModelConfig(spec="tiny", dtype="float32", finetune=finetune, lora_r=4, lora_alpha=8, device="cpu")
+    pairs = [{"prompt": "Name a prime number.", "chosen": "Seven.", "rejected": "Eight, which is even."},
+             {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "Rome, I think."}]
+    cfg = DPOConfig(batch_size=2, per_device_batch_size=2, max_length=128, dropout=0.1)
+    trainer = dpo_trainer(tiny_model_dir, pairs, cfg, model_cfg, str(tmp_path))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()  # as during training: dropout 0.1 in the policy
+    first = torch.cat(trainer.compute_ref_log_probs(trainer.model, batch))
+    second = torch.cat(trainer.compute_ref_log_probs(trainer.model, batch))
+    assert torch.equal(first, second) and trainer.model.training  # no dropout noise; the mode is restored
+    start = load_model(tiny_model_dir, "float32", "cpu").eval()
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    with torch.no_grad():
+        expected = token_logprobs(start, batch["input_ids"], batch["attention_mask"], labels)[0].sum(-1)
+    torch.testing.assert_close(first, expected)
+    # precomputed before training, and what the loss uses: at step 1 (policy = reference) the margins are 0
+    torch.testing.assert_close(torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]), expected)
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, batch)
+    assert trainer._metrics["eval"]["rewards/margins"][-1] == pytest.approx(0.0, abs=1e-6)
