@@ -78,13 +78,16 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where the hardware computes it natively")
     parser.add_argument("--random-init", action="store_true")
     parser.add_argument("--config-dir", help="config and tokenizer of the model (default: the embedded Gemma)")
     parser.add_argument("--judged-candidates", type=int, default=32)
     parser.add_argument("--out", default="benchmarks/bench_generate.json")
     args = parser.parse_args()
     device = models.pick_device(args.device)
+    args.dtype = models.resolve_dtype(args.dtype, device)
+    hardware = models.hardware(device)
+    print("hardware:", json.dumps(hardware), "dtype:", args.dtype, flush=True)
     model, tokenizer = load(args.random_init, device, args.dtype, args.config_dir)
     chat = models.chat_format_for(tokenizer)
     stops = models.stop_token_ids(tokenizer, chat)
@@ -92,7 +95,7 @@ def main():
     plain = TransformersBackend(model, tokenizer, stops, batch_size=args.batch)
     fast = FastBackend(model, tokenizer, stops, batch_size=args.batch)
     timed(fast, texts[:2], argparse.Namespace(max_new_tokens=4))  # warm-up
-    result = {"device": device if device == "cpu" else torch.cuda.get_device_name(0), "batch": args.batch,
+    result = {"hardware": hardware, "batch": args.batch,
               "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "random_init": args.random_init,
               "generate": timed(plain, texts, args), "fast": timed(fast, texts, args)}
     result["speedup"] = round(result["fast"]["tokens_per_s"] / result["generate"]["tokens_per_s"], 2)

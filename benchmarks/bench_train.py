@@ -3,7 +3,7 @@ only at response tokens) against TRL's default head (`trl`), same model, data an
 Each variant trains in its own process so that its peak memory is its own. Prints seconds per step,
 peak memory and the ratios, and writes JSON.
 
-  python benchmarks/bench_train.py                 # CPU: the embedded Gemma-3-270M, LoRA, bf16
+  python benchmarks/bench_train.py                 # CPU: the embedded Gemma-3-270M, LoRA, dtype auto
   python benchmarks/bench_train.py --device cuda --random-init --finetune full --batch 16 --max-length 512
 """
 from __future__ import annotations
@@ -108,18 +108,20 @@ def main():
     parser.add_argument("--max-length", type=int, default=640)
     parser.add_argument("--max-chars", type=int, default=1500, help="longest OASST reply used (as cpu-small)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where the hardware computes it natively")
     parser.add_argument("--finetune", default="lora", choices=["lora", "full"])
     parser.add_argument("--random-init", action="store_true")
     parser.add_argument("--config-dir", help="config and tokenizer of the model (default: the embedded Gemma)")
     parser.add_argument("--out", default="benchmarks/bench_train.json")
     args = parser.parse_args()
     args.device = models.pick_device(args.device)
+    args.dtype = models.resolve_dtype(args.dtype, args.device)
+    hardware = models.hardware(args.device)
+    print("hardware:", json.dumps(hardware), "dtype:", args.dtype, flush=True)
     path = model_dir(args)
     sft_rows, dpo_rows = oasst_rows(args.batch * (args.steps + 1), args.max_chars)
-    result = {"device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
-              "batch": args.batch, "max_length": args.max_length, "dtype": args.dtype, "finetune": args.finetune,
-              "random_init": args.random_init}
+    result = {"hardware": hardware, "batch": args.batch, "max_length": args.max_length, "dtype": args.dtype,
+              "finetune": args.finetune, "random_init": args.random_init}
     context = multiprocessing.get_context("spawn")
     for kind in args.kinds.split(","):
         rows = sft_rows if kind == "sft" else dpo_rows

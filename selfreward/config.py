@@ -27,7 +27,9 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     spec: str = "embedded:gemma-3-270m"  # hub id, local path, embedded:gemma-3-270m or tiny
-    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    # auto: bfloat16 where the hardware computes it natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX),
+    # float32 elsewhere (on an AVX2-only CPU a bf16 matmul is 5x or more slower than float32)
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     finetune: Literal["lora", "full"] = "lora"
     lora_r: int = 16
     lora_alpha: int = 32

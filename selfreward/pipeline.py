@@ -135,7 +135,7 @@ def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[st
     manifest = {
         "name": cfg.name, **invocation,
         "created": previous.get("created", _now()), "updated": _now(),
-        "versions": versions(), "device": _device(cfg), "config": cfg.to_dict(),
+        "versions": versions(), "hardware": _hardware(cfg), "config": cfg.to_dict(),
         "stages": {s.name: previous.get("stages", {}).get(s.name, {"status": "pending"}) for s in stages},
     }
     run_dir.notebooks.mkdir(parents=True, exist_ok=True)
@@ -265,12 +265,9 @@ def _plain(cfg: Config, section: str):
     return value if not hasattr(value, "__dataclass_fields__") else cfg.to_dict()[section]
 
 
-def _device(cfg: Config) -> str:
-    from selfreward.models import pick_device
+def _hardware(cfg: Config) -> dict:
+    """The machine and the dtype the run computes in (requested, and resolved from `auto`)."""
+    from selfreward import models
 
-    device = pick_device(cfg.model.device)
-    if device == "cuda":
-        import torch
-
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    return f"cpu ({os.cpu_count()} cores)"
+    return {**models.hardware(cfg.model.device), "dtype_requested": cfg.model.dtype,
+            "dtype": models.resolve_dtype(cfg.model.dtype, cfg.model.device)}

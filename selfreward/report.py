@@ -225,7 +225,7 @@ def run_description(run_dir) -> str:
     modes = sorted({entry["mode"] for entry in rm["models"].values()})
     return (
         f"**Run `{manifest['name']}`** (params `{manifest['params_file']}`), model `{cfg['model']['spec']}` "
-        f"({cfg['model']['finetune']} fine-tuning, {cfg['model']['dtype']}), on {manifest['device']}; "
+        f"({cfg['model']['finetune']} fine-tuning), on {hardware_line(manifest['hardware'])}; "
         f"{cfg['data']['ift_size']} IFT examples requested, {cfg['iterations']} self-rewarding iterations.\n\n"
         f"Judge scoring mode during training and reward modeling: **{', '.join(modes)}**. "
         f"Head-to-head judge: **{h2h['judge']}** on {h2h['prompts']} AlpacaEval prompts "
@@ -233,6 +233,13 @@ def run_description(run_dir) -> str:
         f"{rm['replies']} ranked replies, {rm['samples']} judgment(s) per reply.\n\n"
         "A small model on small data is not expected to reproduce a 70B model's gains: read the numbers as "
         "what this configuration does, and the intervals as how sure we can be of it.")
+
+
+def hardware_line(hardware: dict) -> str:
+    """'cpu: AMD EPYC (AVX2, 2 threads), float32 (requested auto)' or the GPU's name."""
+    where = (f"{hardware['device']}: {hardware['gpu']}" if hardware.get("gpu") else
+             f"cpu: {hardware['cpu']} ({hardware['cpu_capability']}, {hardware['threads']} threads)")
+    return f"{where}, computing in {hardware['dtype']} (requested {hardware['dtype_requested']})"
 
 
 def trend_notes(run_dir) -> str:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from datasets import Dataset
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from selfreward.models import (chat_format_for, final_logit_cap, load_model, load_tokenizer, pick_device, save_model,
-                               soft_cap)
+from selfreward.models import (chat_format_for, final_logit_cap, load_model, load_tokenizer, pick_device,
+                               resolve_dtype, save_model, soft_cap)
 
 
 class TrainingError(ValueError):
@@ -23,6 +23,7 @@ class TrainingError(ValueError):
 
 def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
     on_cpu = pick_device(model_cfg.device) == "cpu"
+    dtype = resolve_dtype(model_cfg.dtype, model_cfg.device)
     return dict(
         output_dir=output_dir,
         per_device_train_batch_size=train_cfg.per_device_batch_size,
@@ -38,8 +39,8 @@ def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
         save_strategy="no",
         report_to="none",
         seed=seed,
-        bf16=model_cfg.dtype == "bfloat16",
-        fp16=model_cfg.dtype == "float16",
+        bf16=dtype == "bfloat16",
+        fp16=dtype == "float16",
         use_cpu=on_cpu,
         gradient_checkpointing=not on_cpu,  # CPU runs are small; recomputation only costs time there
         dataloader_num_workers=0,
@@ -239,7 +240,7 @@ def _load_for_training(model_dir: str, model_cfg, dropout: float):
 
     # LoRA trains fp32 adapters on frozen weights; full fine-tuning keeps fp32 master weights
     # (bf16 weights would round small updates away) and uses autocast for speed.
-    dtype = model_cfg.dtype if model_cfg.finetune == "lora" else "float32"
+    dtype = resolve_dtype(model_cfg.dtype, model_cfg.device) if model_cfg.finetune == "lora" else "float32"
     model = load_model(model_dir, dtype=dtype, device=model_cfg.device, attention_dropout=dropout)
     tokenizer = load_tokenizer(model_dir)
     peft_config = None
