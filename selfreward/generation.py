@@ -12,6 +12,7 @@ import copy
 import functools
 import gc
 import inspect
+import re
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +26,32 @@ from selfreward.models import head_logits
 class Completion:
     text: str
     num_tokens: int
-    finished: bool  # ended at a stop token rather than at the length limit
+    finished: bool  # ended at a stop token or stop pattern rather than at the length limit
+    probs: list[float] | None = None  # with a `Reading`: P(option) after the text and the suffix, renormalised
+    option_mass: float | None = None  # with a `Reading`: the raw probability mass on the options
+    kept_ids: list[int] | None = None  # with a `Reading` in the fast engine: the written tokens it read after
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What constrained judging asks of `generate`: after the text, cut where `cut` first matches (a score
+    the judge wrote itself) and stripped of trailing spaces, append `suffix` and read the probabilities of
+    the next token over `options`. Writing stops once `stop` matches: what follows cannot change the
+    reading."""
+
+    suffix: str
+    options: list[str]
+    cut: str  # regular expression, case-insensitive
+    stop: str | None = None  # regular expression, case-insensitive
+
+    def kept_text(self, text: str) -> str:
+        match = re.search(self.cut, text, re.IGNORECASE)
+        return (text[:match.start()] if match else text).rstrip()
 
 
 class TransformersBackend:
+    reads_while_generating = False  # a `Reading` is a second pass over the text
+
     def __init__(self, model, tokenizer, stop_ids: list[int], batch_size: int = 16):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -47,7 +70,18 @@ class TransformersBackend:
 
     @torch.no_grad()
     def generate(self, prompts, *, n=1, temperature=0.7, top_p=0.9, max_new_tokens=256, seed=0,
-                 desc="generating", stop_strings=None):
+                 desc="generating", stop_strings=None, reading: Reading | None = None) -> list[list[Completion]]:
+        """n completions of each prompt; with a `Reading`, each also carries its option probabilities."""
+        results = self._generate(prompts, n, temperature, top_p, max_new_tokens, seed, desc, stop_strings, reading)
+        if reading is not None and not self.reads_while_generating:
+            # the plain engine reads in a second pass, from the text: prompt, kept text, suffix
+            flat = [(prompt, c) for prompt, cs in zip(prompts, results) for c in cs]
+            prefixes = [f"{prompt}{reading.kept_text(c.text)}{reading.suffix}" for prompt, c in flat]
+            for (_, c), (probs, mass) in zip(flat, self.option_probs(prefixes, reading.options)):
+                c.probs, c.option_mass = probs, mass
+        return results
+
+    def _generate(self, prompts, n, temperature, top_p, max_new_tokens, seed, desc, stop_strings, reading):
         results: list[list[Completion] | None] = [None] * len(prompts)
         # similar lengths together waste less padding; results go back in the input order
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -57,17 +91,17 @@ class TransformersBackend:
                 index = order[start:start + per_batch]
                 batch = self.tokenizer([prompts[i] for i in index], return_tensors="pt", padding=True).to(self.device)
                 rows = self._generate_batch(batch, n, temperature, top_p, max_new_tokens, seed + batch_no,
-                                            stop_strings)
-                for row, tokens in enumerate(rows):
-                    completion = self._completion(tokens)
+                                            stop_strings, reading)
+                for row, completion in enumerate(rows):
                     self.tokens_generated += completion.num_tokens
                     slot = index[row // n]
                     results[slot] = (results[slot] or []) + [completion]
                 bar.update(len(index))
         return results
 
-    def _generate_batch(self, batch, n, temperature, top_p, max_new_tokens, seed, stop_strings) -> list[list[int]]:
-        """New token ids, n rows per prompt, with plain `model.generate`."""
+    def _generate_batch(self, batch, n, temperature, top_p, max_new_tokens, seed, stop_strings,
+                        reading) -> list[Completion]:
+        """n completions per prompt, with plain `model.generate` (a reading is done afterwards)."""
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 \
             else dict(do_sample=False)
         if stop_strings:  # text-level stops (e.g. the next few-shot marker) save wasted tokens
@@ -76,7 +110,7 @@ class TransformersBackend:
         output = self.model.generate(
             **batch, max_new_tokens=max_new_tokens, num_return_sequences=n,
             eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id, top_k=None, **sampling)
-        return output[:, batch["input_ids"].shape[1]:].tolist()
+        return [self._completion(tokens) for tokens in output[:, batch["input_ids"].shape[1]:].tolist()]
 
     def _completion(self, tokens: list[int]) -> Completion:
         stop = next((i for i, t in enumerate(tokens) if t in self.stop_ids), None)
@@ -190,6 +224,9 @@ def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generat
         k = min(4 * k, vocab)
 
 
+MIN_SHARED_PREFIX = 16  # tokens all prompts of a batch must share before their prefill is shared
+
+
 @functools.cache
 def _cache_argument(module_class) -> str:
     """transformers 5.x renamed forward's `past_key_values` to `cache` (the old name still works there,
@@ -202,53 +239,130 @@ class FastBackend(TransformersBackend):
     greedy decoding and the same sampling distribution, but it
     - prefills each prompt once and shares that cache among its n samples (k judgments, N candidates),
     - samples the nucleus from a top-k window instead of sorting the 262k-token vocabulary,
-    - drops finished sequences from the batch instead of decoding padding until the longest ends."""
+    - drops finished sequences from the batch instead of decoding padding until the longest ends,
+    - prefills the prefix all prompts of a batch share once (the judge instructions),
+    - reads a `Reading` in the same pass, after the text it keeps, instead of prefilling again."""
+
+    reads_while_generating = True
 
     def _forward(self, module, **inputs):
         """`module(**inputs)` with the KV cache passed under the name this transformers version uses."""
         inputs[_cache_argument(type(module))] = inputs.pop("kv_cache")
         return module(**inputs)
 
-    def _generate_batch(self, batch, n, temperature, top_p, max_new_tokens, seed, stop_strings):
+    def _generate_batch(self, batch, n, temperature, top_p, max_new_tokens, seed, stop_strings, reading):
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self._decode(batch["input_ids"], batch["attention_mask"], n, temperature, top_p, max_new_tokens,
-                            generator, stop_strings)
+        rows = [ids[mask == 1].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        stops = [re.escape(s) for s in stop_strings or []] + ([reading.stop] if reading and reading.stop else [])
+        return self._decode(rows, n, temperature, top_p, max_new_tokens, generator,
+                            re.compile("|".join(stops), re.IGNORECASE) if stops else None, reading)
 
     @torch.no_grad()
-    def _decode(self, input_ids, mask, n, temperature, top_p, max_new_tokens, generator, stop_strings):
+    def _prefill(self, rows: list[list[int]]):
+        """Prefill a batch of prompts, the prefix they all share (judge instructions, a few-shot header)
+        once. Returns the cache, the last logits, the attention mask and each row's next position."""
+        common = common_prefix_length(rows) if len(rows) > 1 else 0
+        common = common if common >= MIN_SHARED_PREFIX else 0
         cache = self._new_cache()
-        length = input_ids.shape[1]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self._forward(self.model, input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                               cache_position=torch.arange(length, device=self.device), kv_cache=cache,
-                               use_cache=True, logits_to_keep=1).logits[:, -1]
+        if common:
+            self._extend(cache, rows[0][:common], 0)
+            cache.batch_repeat_interleave(len(rows))
+        tails = [r[common:] for r in rows]
+        width, pad = max(len(t) for t in tails), self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(t)) + t for t in tails], device=self.device)
+        tail_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in tails], device=self.device)
+        mask = torch.cat([tail_mask.new_ones(len(rows), common), tail_mask], dim=1)
+        positions = common + (tail_mask.cumsum(-1) - 1).clamp(min=0)  # padding must not shift positions
+        logits = self._forward(self.model, input_ids=ids, attention_mask=mask, position_ids=positions,
+                               cache_position=torch.arange(common, common + width, device=self.device),
+                               kv_cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return cache, logits, mask, positions[:, -1] + 1
+
+    @torch.no_grad()
+    def _decode(self, rows, n, temperature, top_p, max_new_tokens, generator, stop, reading):
+        """Sample up to `max_new_tokens` per row, n rows per prompt. With a `reading`, a row that has
+        finished writing does not leave the batch yet: the tokens its text loses to the cut are masked
+        out, the suffix is fed after the kept tokens, and the option probabilities are read from the
+        logits that follow; no prompt is prefilled a second time."""
+        cache, logits, mask, next_position = self._prefill(rows)
         if n > 1:  # one prefill, n continuations
             cache.batch_repeat_interleave(n)
-            mask, logits, positions = (t.repeat_interleave(n, dim=0) for t in (mask, logits, positions))
-        alive = torch.arange(mask.shape[0], device=self.device)
-        next_position = positions[:, -1] + 1
-        generated: list[list[int]] = [[] for _ in range(mask.shape[0])]
-        stop_ids = torch.tensor(self.stop_ids, device=self.device)
-        for step in range(max_new_tokens):
-            tokens = sample_top_p(logits, temperature, top_p, generator)
-            for row, token in zip(alive.tolist(), tokens.tolist()):
-                generated[row].append(token)
-            done = torch.isin(tokens, stop_ids)
-            if stop_strings:
-                done |= torch.tensor([self._hits_stop_string(generated[row], stop_strings) for row in alive.tolist()],
-                                     device=self.device)
-            if step == max_new_tokens - 1 or bool(done.all()):
+            mask, logits, next_position = (t.repeat_interleave(n, dim=0) for t in (mask, logits, next_position))
+        width, count = mask.shape[1], mask.shape[0]
+        start_position = next_position.clone()
+        alive = list(range(count))
+        generated: list[list[int]] = [[] for _ in range(count)]
+        finished = [False] * count
+        forced: list[list[int] | None] = [None] * count  # tokens a reading row still has to feed
+        readings: list[tuple | None] = [None] * count
+        kept_ids: list[list[int] | None] = [None] * count
+        if reading is not None:
+            suffix = self.tokenizer(reading.suffix, add_special_tokens=False).input_ids
+            option_ids = self.option_token_ids(reading.suffix, reading.options)[1]
+        for step in range(max_new_tokens + (len(suffix) + 1 if reading else 0)):
+            sampled = sample_top_p(logits, temperature, top_p, generator).tolist()
+            inputs, keep = [], []
+            for i, row in enumerate(alive):
+                if forced[row] is None:  # still writing
+                    token = sampled[i]
+                    generated[row].append(token)
+                    at_stop_token = token in self.stop_ids
+                    done = at_stop_token or (stop is not None and self._matches(generated[row], stop))
+                    finished[row] = done
+                    if not done and len(generated[row]) < max_new_tokens:
+                        inputs.append(token)
+                        keep.append(i)
+                        continue
+                    if reading is None:
+                        continue
+                    text_tokens = generated[row][:-1] if at_stop_token else generated[row]
+                    kept = self._kept_length(text_tokens, reading)
+                    kept_ids[row] = text_tokens[:kept]
+                    fed = len(generated[row]) - 1  # the token sampled now has not been fed yet
+                    mask[i, width + kept:width + fed] = 0  # what the cut removed, as if never written
+                    next_position[i] = start_position[row] + min(kept, fed)
+                    forced[row] = text_tokens[fed:kept] + suffix
+                if forced[row]:
+                    inputs.append(forced[row].pop(0))
+                    keep.append(i)
+                else:  # the suffix is in: these logits are the reading
+                    readings[row] = _read_options(logits[i].float().softmax(-1), option_ids)
+            if not keep:
                 break
-            if bool(done.any()):  # finished rows leave the batch
-                keep = (~done).nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                alive, mask, tokens, next_position = alive[keep], mask[keep], tokens[keep], next_position[keep]
+            if len(keep) < len(alive):  # finished rows leave the batch
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, next_position = mask[index], next_position[index]
+                alive = [alive[i] for i in keep]
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            logits = self._forward(self.model, input_ids=tokens[:, None], attention_mask=mask,
-                                   position_ids=next_position[:, None], kv_cache=cache, use_cache=True,
-                                   cache_position=torch.tensor([length + step], device=self.device)).logits[:, -1]
+            logits = self._forward(self.model, input_ids=torch.tensor(inputs, device=self.device)[:, None],
+                                   attention_mask=mask, position_ids=next_position[:, None], kv_cache=cache,
+                                   use_cache=True,
+                                   cache_position=torch.tensor([width + step], device=self.device)).logits[:, -1]
             next_position = next_position + 1
-        return generated
+        completions = []
+        for row, tokens in enumerate(generated):
+            completion = self._completion(tokens)
+            completion.finished = finished[row]
+            if readings[row] is not None:
+                completion.probs, completion.option_mass = readings[row]
+                completion.kept_ids = kept_ids[row]
+            completions.append(completion)
+        return completions
+
+    def _matches(self, tokens: list[int], stop: re.Pattern) -> bool:
+        """Whether the end of the text matches a stop pattern (patterns are a few tokens long)."""
+        return stop.search(self.tokenizer.decode(tokens[-12:], skip_special_tokens=True)) is not None
+
+    def _kept_length(self, tokens: list[int], reading: Reading) -> int:
+        """How many of the written tokens the reading keeps: the fewest whose text, stripped, is the
+        kept text (the cut and trailing spaces removed)."""
+        kept_text = reading.kept_text(self.tokenizer.decode(tokens, skip_special_tokens=True))
+        for length in range(len(tokens) + 1):
+            text = self.tokenizer.decode(tokens[:length], skip_special_tokens=True).rstrip()
+            if len(text) >= len(kept_text):
+                return length
+        return len(tokens)
 
     @torch.no_grad()
     def option_probs(self, prefixes, options):
@@ -306,9 +420,6 @@ class FastBackend(TransformersBackend):
         last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
         return hidden[torch.arange(len(tails), device=self.device), last]
 
-    def _hits_stop_string(self, tokens: list[int], stop_strings: list[str]) -> bool:
-        tail = self.tokenizer.decode(tokens[-8:], skip_special_tokens=True)
-        return any(s in tail for s in stop_strings)
 
 
 def load_backend(path: str, cfg) -> tuple[TransformersBackend, models.ChatFormat]:

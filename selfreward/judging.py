@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from selfreward.prompts import MAX_SCORE, cut_at_score, judge_prompt, parse_score
+from selfreward.generation import Reading
+from selfreward.prompts import MAX_SCORE, SCORE_CUT, judge_prompt, parse_score
 
 SCORE_OPTIONS = [f" {d}" for d in range(MAX_SCORE + 1)]
+# constrained mode: the judge's reasoning, cut before any score it wrote itself, then "Score:" and P(0..5);
+# writing stops once it has written a score digit (nothing after it can change the reading)
+SCORE_READING = Reading(suffix="\nScore:", options=SCORE_OPTIONS, cut=SCORE_CUT, stop=SCORE_CUT + r"\s*\**\s*\d")
 
 
 @dataclass
@@ -58,21 +62,20 @@ def score_responses(backend, chat, items: list[tuple[str, str]], judge_cfg, seed
                     desc: str = "judging") -> list[JudgeResult]:
     """Judge each (prompt, response) judge_cfg.samples times."""
     prompts = [chat.prompt(judge_prompt(p, r, judge_cfg.prompt)) for p, r in items]
+    constrained = judge_cfg.mode == "constrained"
     outputs = backend.generate(prompts, n=judge_cfg.samples, temperature=judge_cfg.temperature,
-                               top_p=judge_cfg.top_p, max_new_tokens=judge_cfg.max_new_tokens, seed=seed, desc=desc)
+                               top_p=judge_cfg.top_p, max_new_tokens=judge_cfg.max_new_tokens, seed=seed, desc=desc,
+                               reading=SCORE_READING if constrained else None)
     results = []
     for completions in outputs:
         judgments = [Judgment(text=c.text, parsed=parse_score(c.text), score=None) for c in completions]
-        if judge_cfg.mode == "sampled":
-            for j in judgments:
+        for j, c in zip(judgments, completions):
+            if constrained:
+                j.probs, j.option_mass = c.probs, c.option_mass
+                j.score = None if c.probs is None else reduce_probs(c.probs, judge_cfg.constrained_reduce)
+            else:
                 j.score = j.parsed
         results.append(JudgeResult(mode=_mode_name(judge_cfg), judgments=judgments))
-    if judge_cfg.mode == "constrained":
-        flat = [(prompt, j) for prompt, result in zip(prompts, results) for j in result.judgments]
-        prefixes = [f"{prompt}{cut_at_score(j.text)}\nScore:" for prompt, j in flat]
-        for (_, j), (probs, mass) in zip(flat, backend.option_probs(prefixes, SCORE_OPTIONS)):
-            j.probs, j.option_mass = probs, mass
-            j.score = None if probs is None else reduce_probs(probs, judge_cfg.constrained_reduce)
     return results
 
 

@@ -97,9 +97,12 @@ def parse_score(text: str, max_score: int = MAX_SCORE) -> float | None:
     return values[0]
 
 
+SCORE_CUT = r"score\s*[:=]"  # where a judgment's reasoning ends and its score line begins
+
+
 def cut_at_score(judgment: str) -> str:
     """The judgment's reasoning, without any score the judge already wrote (for constrained scoring)."""
-    match = re.search(r"score\s*[:=]", judgment, re.IGNORECASE)
+    match = re.search(SCORE_CUT, judgment, re.IGNORECASE)
     text = judgment[: match.start()] if match else judgment
     return text.rstrip()
 

@@ -3,8 +3,10 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from selfreward.generation import (FastBackend, TransformersBackend, common_prefix_length, sample_top_p,
-                                   shared_prefix_batches, similar_lengths)
+from selfreward.generation import (MIN_SHARED_PREFIX, FastBackend, Reading, TransformersBackend,
+                                   common_prefix_length, sample_top_p, shared_prefix_batches, similar_lengths)
+from selfreward.judging import SCORE_OPTIONS
+from selfreward.prompts import judge_prompt
 
 PROMPTS = ["What is the capital of France?", "Sort a list", "Write a haiku about rain please, a long one"]
 
@@ -16,8 +18,10 @@ def test_greedy_tokens_identical_to_generate(tiny_backend):
     reference = backend.model.generate(**batch, max_new_tokens=16, do_sample=False, eos_token_id=[-1],
                                        pad_token_id=backend.tokenizer.pad_token_id)[:, batch["input_ids"].shape[1]:]
     fast.stop_ids = [-1]  # no stops: compare every position
-    ours = fast._decode(batch["input_ids"], batch["attention_mask"], 1, 0.0, 1.0, 16, None, None)
-    assert ours == reference.tolist()
+    rows = [ids[mask == 1].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    ours = fast._decode(rows, 1, 0.0, 1.0, 16, None, None, None)
+    assert [c.text for c in ours] == [fast._completion(r).text for r in reference.tolist()]
+    assert [c.num_tokens for c in ours] == [16] * len(PROMPTS)
 
 
 def test_completions_identical_to_the_plain_backend_with_stops(tiny_backend):
@@ -26,6 +30,43 @@ def test_completions_identical_to_the_plain_backend_with_stops(tiny_backend):
     prompts = [chat.prompt(p) for p in PROMPTS]
     assert fast.generate(prompts, temperature=0, max_new_tokens=12) == \
         backend.generate(prompts, temperature=0, max_new_tokens=12)
+
+
+def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_outputs(tiny_backend):
+    """Judge prompts share their instructions: prefilled once, the greedy outputs stay those of `generate`."""
+    backend, chat = tiny_backend
+    fast = FastBackend(backend.model, backend.tokenizer, backend.stop_ids, batch_size=4)
+    prompts = [chat.prompt(judge_prompt(p, "An answer of some length to " + p)) for p in PROMPTS]
+    rows = [backend.tokenizer(p).input_ids for p in prompts]
+    assert common_prefix_length(rows) >= MIN_SHARED_PREFIX  # the shared path is taken
+    assert fast.generate(prompts, temperature=0, max_new_tokens=12) == \
+        backend.generate(prompts, temperature=0, max_new_tokens=12)
+
+
+def test_reading_in_the_same_pass_equals_a_forward_over_the_kept_tokens_and_the_suffix(tiny_backend):
+    backend, chat = tiny_backend
+    fast = FastBackend(backend.model, backend.tokenizer, backend.stop_ids, batch_size=4)
+    prompts = [chat.prompt(judge_prompt(p, "Some answer to " + p)) for p in PROMPTS]
+    # a cut that matches inside the text, so that written tokens are masked out before the suffix
+    reading = Reading(suffix="\nScore:", options=SCORE_OPTIONS, cut=r"[a-z]{2}")
+    completions = fast.generate(prompts, n=2, temperature=1.0, top_p=0.9, max_new_tokens=10, seed=3,
+                                reading=reading)
+    suffix = backend.tokenizer("\nScore:", add_special_tokens=False).input_ids
+    options = fast.option_token_ids("\nScore:", SCORE_OPTIONS)[1]
+    cut_somewhere = False
+    for prompt, pair in zip(prompts, completions):
+        for c in pair:
+            text = backend.tokenizer.decode(c.kept_ids, skip_special_tokens=True).rstrip()
+            kept = reading.kept_text(c.text)
+            # the same text (the tiny model's byte tokens may split the last character differently)
+            assert len(text) == len(kept) and text[:-1] == kept[:-1]
+            cut_somewhere |= len(kept) < len(c.text.rstrip())
+            ids = torch.tensor([backend.tokenizer(prompt).input_ids + c.kept_ids + suffix])
+            with torch.no_grad():
+                probs = backend.model(ids).logits[0, -1].float().softmax(-1)[options]
+            assert c.probs == pytest.approx((probs / probs.sum()).tolist(), abs=1e-5)
+            assert c.option_mass == pytest.approx(float(probs.sum()), abs=1e-6)
+    assert cut_somewhere
 
 
 def _hf_kept(logits, temperature, top_p):
