@@ -1,7 +1,9 @@
 """Generation throughput: selfreward's FastBackend against plain `model.generate`, same prompts and
-sampling settings (temperature 0.7, top-p 0.9), in one run. Then constrained judging: reading
-P(score) after k judgments of each candidate, with and without sharing the prefill of the judge
-instructions and of each candidate's judge prompt. Prints both timings and their ratios, writes JSON.
+sampling settings (temperature 0.7, top-p 0.9), in one run. Then constrained judging as the pipeline
+does it (k judgments per candidate, the reasoning then P(score)): the plain engine generates and then
+reads the scores in a second pass over the text; the fast engine shares the judge instructions' prefill
+and reads in the same pass. Then the pairwise judge's reading of P(a) vs P(b) with and without shared
+prefills. Prints the hardware, the timings and their ratios, writes JSON.
 
   python benchmarks/bench_generate.py                      # CPU, the embedded Gemma-3-270M
   python benchmarks/bench_generate.py --random-init --batch 256 --device cuda   # GPU, same cost
@@ -16,8 +18,9 @@ import torch
 
 from selfreward import data, models
 from selfreward.config import DataConfig
+from selfreward.config import JudgeConfig
 from selfreward.generation import FastBackend, TransformersBackend
-from selfreward.judging import SCORE_OPTIONS
+from selfreward.judging import SCORE_OPTIONS, score_responses
 from selfreward.prompts import judge_prompt
 
 # two judge "reasonings" of typical length; their content does not change the cost of reading scores
@@ -56,6 +59,15 @@ def _differences(probs_a, probs_b) -> list[float]:
     return [abs(a - b) for p, q in zip(probs_a, probs_b) if p and q for a, b in zip(p, q)]
 
 
+def timed_judging(backend, chat, items, samples: int, max_new_tokens: int) -> dict:
+    judge_cfg = JudgeConfig(samples=samples, mode="constrained", max_new_tokens=max_new_tokens)
+    start = time.perf_counter()
+    results = score_responses(backend, chat, items, judge_cfg, seed=0, desc=f"judging ({type(backend).__name__})")
+    seconds = time.perf_counter() - start
+    return {"judgments": sum(len(r.judgments) for r in results), "seconds": round(seconds, 2),
+            "mean_score": round(sum(r.score for r in results) / len(results), 3)}
+
+
 def timed_scores(backend, prefixes) -> dict:
     start = time.perf_counter()
     probs = backend.option_probs(prefixes, SCORE_OPTIONS)
@@ -82,6 +94,7 @@ def main():
     parser.add_argument("--random-init", action="store_true")
     parser.add_argument("--config-dir", help="config and tokenizer of the model (default: the embedded Gemma)")
     parser.add_argument("--judged-candidates", type=int, default=32)
+    parser.add_argument("--judge-tokens", type=int, default=32, help="reasoning tokens per judgment")
     parser.add_argument("--out", default="benchmarks/bench_generate.json")
     args = parser.parse_args()
     device = models.pick_device(args.device)
@@ -100,6 +113,13 @@ def main():
               "generate": timed(plain, texts, args), "fast": timed(fast, texts, args)}
     result["speedup"] = round(result["fast"]["tokens_per_s"] / result["generate"]["tokens_per_s"], 2)
 
+    items = [(e["prompt"], e["response"]) for e in oasst_examples(args.judged_candidates)]
+    plain_judging = timed_judging(plain, chat, items, len(REASONINGS), args.judge_tokens)
+    fast_judging = timed_judging(fast, chat, items, len(REASONINGS), args.judge_tokens)
+    result["judging"] = {"candidates": len(items), "judgments_per_candidate": len(REASONINGS),
+                         "reasoning_tokens": args.judge_tokens, "plain": plain_judging, "fast": fast_judging,
+                         "speedup": round(plain_judging["seconds"] / fast_judging["seconds"], 2)}
+
     prefixes = judge_prefixes(chat, args.judged_candidates)
     plain_scores, shared_scores = timed_scores(plain, prefixes), timed_scores(fast, prefixes)
     # bf16 sums depend on batch shapes: the plain path at another batch size gives the noise floor
@@ -108,7 +128,7 @@ def main():
     plain_probs = plain_scores.pop("probs")
     differences = _differences(plain_probs, shared_scores.pop("probs"))
     prompt_tokens = [len(plain.option_token_ids(p, SCORE_OPTIONS)[0]) for p in prefixes]
-    result["judge_scores"] = {"candidates": args.judged_candidates, "judgments_per_candidate": len(REASONINGS),
+    result["reading_scores"] = {"candidates": args.judged_candidates, "judgments_per_candidate": len(REASONINGS),
                               "mean_prefix_tokens": round(sum(prompt_tokens) / len(prompt_tokens), 1),
                               "plain": plain_scores, "shared_prefill": shared_scores,
                               "speedup": round(plain_scores["seconds"] / shared_scores["seconds"], 2),

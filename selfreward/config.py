@@ -52,8 +52,11 @@ class DataConfig:
     local_dir: Optional[str] = None  # offline mirror; None = env SELFREWARD_DATA_DIR, else the hub
     oasst_hub_id: str = "OpenAssistant/oasst1"
     alpaca_eval_hub_id: str = "tatsu-lab/alpaca_eval"
-    ift_size: int = 3200  # capped by what the data holds
-    eft_source_size: int = 1630  # training prompts with >= 2 ranked replies to judge
+    ift_size: int = 3200  # capped by what the data holds (after the EFT source is taken out)
+    # training prompts with >= 2 ranked replies for the SFT baseline to judge, BEFORE the agreement filter:
+    # only prompts whose judgments order the replies as the humans do become EFT examples (one per reply);
+    # drawn first, so that no IFT prompt is an EFT prompt
+    eft_source_size: int = 1630
     rm_eval_size: int = 0  # validation prompts for reward-model evaluation; 0 = all
     eval_prompts: int = 256  # AlpacaEval instructions for instruction-following evaluation
     max_prompt_chars: int = 2000
@@ -100,9 +103,12 @@ class JudgeConfig:
 class EFTConfig:
     rebalance: bool = True  # downsample the over-represented score, as the paper does
     max_share_per_score: float = 0.4  # the most frequent score is cut down to this share
+    # the EFT stage stops with fewer examples; 0 = M1 may be trained on IFT alone (the paper's no-EFT ablation)
+    min_examples: int = 1
 
     def validate(self, key):
         _check(0 < self.max_share_per_score <= 1, f"{key}.max_share_per_score", "must be in (0, 1]")
+        _check(self.min_examples >= 0, f"{key}.min_examples", "must be >= 0")
 
 
 @dataclass
@@ -139,6 +145,24 @@ class CandidatesConfig:
         _positive(self, key, "max_new_tokens")
         _sampling(self, key)
         _check(self.temperature > 0, f"{key}.temperature", "must be > 0: greedy decoding gives N identical candidates")
+
+
+@dataclass
+class AIFTConfig:
+    # dpo: M_{t+1} = DPO(M_t, pairs), the method; sft_positive: M_{t+1} = SFT(M_t, the candidates scored the
+    # maximum), the paper's "positive examples only" ablation (trained with the `sft` section)
+    objective: Literal["dpo", "sft_positive"] = "dpo"
+    # checkpoint selection as in the paper: save every N training steps (0 = off, keep the last), and keep the
+    # checkpoint whose answers to `select_prompts` held-out prompts win most against M_t's, judged by the
+    # evaluation judge (evaluation.judge_model)
+    select_every_steps: int = 0
+    select_prompts: int = 0
+
+    def validate(self, key):
+        _check(self.select_every_steps >= 0, f"{key}.select_every_steps", "must be >= 0 (0 = off)")
+        _check(self.select_prompts >= 0, f"{key}.select_prompts", "must be >= 0")
+        _check(not self.select_every_steps or self.select_prompts > 0, f"{key}.select_prompts",
+               "must be > 0 when select_every_steps is on")
 
 
 @dataclass
@@ -230,6 +254,7 @@ class Config:
     eft: EFTConfig = field(default_factory=EFTConfig)
     self_instruct: SelfInstructConfig = field(default_factory=SelfInstructConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig)
+    aift: AIFTConfig = field(default_factory=AIFTConfig)
     sft: TrainConfig = field(default_factory=TrainConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -141,6 +141,23 @@ def first_turn_threads(messages: list[dict], max_prompt_chars: int = 10**9,
     return threads
 
 
+def split_eft_ift(threads: list[dict], eft_size: int, ift_size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """The EFT source and the IFT seed, disjoint as in the paper, split once by seed: the EFT source
+    (prompts with at least two ranked replies) is drawn first, the IFT seed from the other prompts;
+    a prompt whose text is also an EFT source prompt's counts as the same prompt."""
+    eft_source = ranked_threads(threads, eft_size, seed)
+    taken_ids = {t["prompt_id"] for t in eft_source}
+    taken_texts = {_normalise(t["prompt"]) for t in eft_source}
+    rest = [t for t in threads if t["prompt_id"] not in taken_ids and _normalise(t["prompt"]) not in taken_texts]
+    return eft_source, ift_seed(rest, ift_size, seed)
+
+
+def overlap(a: list[dict], b: list[dict]) -> int:
+    """Prompts of `a` that are also prompts of `b` (by id or by text)."""
+    ids, texts = {r["prompt_id"] for r in b}, {_normalise(r["prompt"]) for r in b}
+    return sum(r["prompt_id"] in ids or _normalise(r["prompt"]) in texts for r in a)
+
+
 def ift_seed(threads: list[dict], size: int, seed: int) -> list[dict]:
     """Instruction fine-tuning seed: each prompt with its human rank-0 reply."""
     pairs = [{"prompt_id": t["prompt_id"], "prompt": t["prompt"], "response": r["text"]}

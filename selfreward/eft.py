@@ -1,12 +1,17 @@
 """Evaluation fine-tuning (EFT) data: the SFT baseline's judgments that agree with human ranks.
 
-The SFT baseline judges every ranked reply of a training prompt (`judging.ranked_rows`, the same
-rows the reward-model evaluation reads). A prompt's judgments are kept only when they *agree*
-with the humans (`metrics.orders_as_humans`): every reply got a readable score, and for every two
-replies with different human ranks, the better-ranked one got the strictly higher score.
+The SFT baseline judges every ranked reply of a training prompt k times (`judging.ranked_rows`, the
+same rows the reward-model evaluation reads). Each EFT example teaches one judgment: its reasoning
+and an integer "Score: n". A prompt is kept only when its replies can be taught judgments whose
+*written* scores agree with the humans (`metrics.orders_as_humans`): for every two replies with
+different human ranks, the better-ranked one is taught the strictly higher score. For each reply the
+judgment is one of its own readable samples, preferring those nearest its mean score; so two replies
+the humans ranked apart are never both taught "Score: 4".
 """
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections import Counter
 
@@ -30,29 +35,40 @@ def rebalance(examples: list[dict], max_share: float, seed: int) -> list[dict]:
     return [e for i, e in enumerate(examples) if e["score"] != score or i in chosen]
 
 
-def pick_judgment(result: dict) -> tuple[str, int] | None:
-    """The judgment text to train on and its integer score: the readable sample nearest the mean."""
-    readable = [j for j in result["judgments"] if j["score"] is not None]
-    if not readable:
+def teachable_judgments(results: list[dict], ranks: list[int]) -> list[tuple[str, int]] | None:
+    """One (reasoning, integer score) per reply whose scores order the replies as the humans do, or None.
+
+    Each reply's readable judgments are tried nearest its mean first; the combination with the smallest
+    total distance from the means wins (the k^replies combinations are few)."""
+    options = []
+    for result in results:
+        readable = sorted((j for j in result["judgments"] if j["score"] is not None),
+                          key=lambda j: abs(j["score"] - result["score"]))
+        if not readable:
+            return None
+        options.append([(j["text"], math.floor(j["score"] + 0.5), abs(j["score"] - result["score"]))
+                        for j in readable])
+    fitting = [choice for choice in itertools.product(*options)
+               if orders_as_humans([score for _, score, _ in choice], ranks)]
+    if not fitting:
         return None
-    best = min(readable, key=lambda j: abs(j["score"] - result["score"]))
-    return best["text"], int(round(best["score"]))
+    best = min(fitting, key=lambda choice: sum(distance for _, _, distance in choice))
+    return [(text, score) for text, score, _ in best]
 
 
 def build_eft(threads: list[dict], rows: list[dict], template: str) -> tuple[list[dict], list[dict]]:
     """EFT examples from agreeing prompts, and one record per judged prompt (kept or not).
 
-    `rows` are `judging.ranked_rows(threads)`: one per thread, its replies' results in order.
+    `rows` are `judging.ranked_rows(threads)`: one per thread, its replies' results in order. Each
+    example carries the reply's human `rank` and its `prompt_id` beside the `score` it teaches.
     """
     examples, records = [], []
     for thread, row in zip(threads, rows, strict=True):
-        ok = len(row["scores"]) >= 2 and orders_as_humans(row["scores"], row["ranks"])
-        records.append({**row, "agrees": ok})
-        if not ok:
-            continue
-        for reply, result in zip(thread["replies"], row["results"]):
-            text, score = pick_judgment(result)
+        taught = teachable_judgments(row["results"], row["ranks"]) if len(row["ranks"]) >= 2 else None
+        records.append({**row, "agrees": taught is not None,
+                        "taught_scores": [score for _, score in taught] if taught else None})
+        for reply, (text, score) in zip(thread["replies"], taught or []):
             examples.append({"prompt": judge_prompt(thread["prompt"], reply["text"], template),
                              "response": judgment_with_score(text, score), "score": score,
-                             "prompt_id": thread["prompt_id"]})
+                             "rank": reply["rank"], "prompt_id": thread["prompt_id"]})
     return examples, records

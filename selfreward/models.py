@@ -295,10 +295,17 @@ def save_model(model, tokenizer, out_dir, extra_json: dict | None = None):
 # ---------------------------------------------------------------- the output head
 
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits for chosen hidden states only. The forward pass would project every position through the
-    output layer (262k x 640 on Gemma-3, 63% of its weights); callers that need a few positions run the
-    decoder and then this."""
-    return soft_cap(model.get_output_embeddings()(hidden), final_logit_cap(model))
+    """Logits for chosen hidden states only (rows of `hidden`). The forward pass would project every
+    position through the output layer (262k x 640 on Gemma-3, 63% of its weights); callers that need a
+    few positions run the decoder and then this."""
+    head = model.get_output_embeddings()
+    if hidden.device.type == "cpu" and hidden.dim() == 2 and len(hidden) <= 256 and head.bias is None:
+        # on a CPU, few rows against a wide layer: weight @ hidden.T runs about twice as fast as the usual
+        # hidden @ weight.T (the BLAS blocks the long side better), with the same result
+        logits = (head.weight @ hidden.to(head.weight.dtype).T).T.contiguous()
+    else:
+        logits = head(hidden)
+    return soft_cap(logits, final_logit_cap(model))
 
 
 def final_logit_cap(model) -> float | None:

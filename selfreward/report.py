@@ -235,6 +235,83 @@ def run_description(run_dir) -> str:
         "what this configuration does, and the intervals as how sure we can be of it.")
 
 
+def deviations(run_dir) -> pd.DataFrame:
+    """Every aspect of the method and its evaluation, the paper's choice beside this run's (from the run's
+    config and counts), and whether they differ."""
+    manifest = read_json(RunDir(run_dir).manifest)
+    cfg, stages = manifest["config"], manifest["stages"]
+
+    def counted(stage, key):
+        return stages.get(stage, {}).get("counts", {}).get(key, "—")
+
+    m, d, j, si, c, a, sft, dpo, e = (cfg[k] for k in ("model", "data", "judge", "self_instruct", "candidates",
+                                                        "aift", "sft", "dpo", "evaluation"))
+    prompt_model = {"base": f"M0 ({m['spec']})", "current": "M_t, the model being trained"}.get(
+        si["prompt_model"], si["prompt_model"])
+    judge_model = {"base": f"M0 ({m['spec']})", "endpoint": f"endpoint {e['endpoint_model']}"}.get(
+        e["judge_model"], e["judge_model"])
+    selection = (f"every {a['select_every_steps']} steps, on {a['select_prompts']} held-out prompts"
+                 if a["select_every_steps"] else "off (the last step is kept)")
+    eft_ok = counted("data", "eft_ift_overlap") == 0
+    dpo_paper = (dpo["beta"], dpo["learning_rate"], dpo["min_learning_rate"], dpo["batch_size"], dpo["dropout"]) == \
+        (0.1, 1e-6, 1e-7, 16, 0.1)
+    sft_paper = (sft["learning_rate"], sft["min_learning_rate"], sft["batch_size"], sft["dropout"]) == \
+        (5.5e-6, 1.1e-6, 16, 0.1)
+    rows = [  # (aspect, the paper, this run, the same as the paper?)
+        ("pretrained model M0", "Llama-2-70B", m["spec"], "llama-2-70b" in m["spec"].lower()),
+        ("fine-tuning", "full", "full" if m["finetune"] == "full" else f"LoRA (r {m['lora_r']})",
+         m["finetune"] == "full"),
+        ("IFT seed (OASST rank-0 first turns)", "3,200", str(counted("data", "ift")), counted("data", "ift") == 3200),
+        ("EFT prompts disjoint from IFT prompts", "yes", "yes" if eft_ok else
+         f"no ({counted('data', 'eft_ift_overlap')} shared)", eft_ok),
+        ("EFT training examples", "1,630", f"{counted('eft', 'eft')} (from {counted('data', 'eft_source_prompts')} "
+                                           "source prompts)", counted("eft", "eft") == 1630),
+        ("EFT agreement rule", "the judgment's scores rank the replies as the humans do",
+         "the taught integer scores strictly order differently ranked replies as the humans do", True),
+        ("EFT rebalancing", "the over-represented score is downsampled",
+         f"the most frequent score cut to {cfg['eft']['max_share_per_score']:.0%}" if cfg["eft"]["rebalance"]
+         else "off", cfg["eft"]["rebalance"]),
+        ("judge prompt", "additive 5-point", j["prompt"], j["prompt"] == "additive"),
+        ("judge scoring", "sampled: 'Score: n' parsed from the text",
+         "sampled: 'Score: n' parsed from the text" if j["mode"] == "sampled" else
+         f"constrained: P(0..5) read after the reasoning ({j['constrained_reduce']})", j["mode"] == "sampled"),
+        ("judgments per candidate (k)", "3", str(j["samples"]), j["samples"] == 3),
+        ("judge reasoning length (tokens)", "up to ~100 words", str(j["max_new_tokens"]), j["max_new_tokens"] >= 128),
+        ("model writing new prompts", "a fixed Llama-2-Chat 70B", prompt_model,
+         "llama-2-70b-chat" in si["prompt_model"].lower()),
+        ("new prompts per iteration (before filtering)", "enough for 3,964 / 6,942 pairs", str(si["num_prompts"]),
+         si["num_prompts"] >= 5000),
+        ("candidates per prompt (N)", "4", str(c["n"]), c["n"] == 4),
+        ("candidate sampling", "T 0.7, top-p 0.9", f"T {c['temperature']}, top-p {c['top_p']}",
+         (c["temperature"], c["top_p"]) == (0.7, 0.9)),
+        ("AIFT objective", "DPO on (best, worst) pairs", "DPO on (best, worst) pairs" if a["objective"] == "dpo"
+         else "SFT on candidates scored 5 (the paper's ablation)", a["objective"] == "dpo"),
+        ("DPO", "beta 0.1, lr 1e-6 -> 1e-7, batch 16, dropout 0.1",
+         f"beta {dpo['beta']}, lr {dpo['learning_rate']:g} -> {dpo['min_learning_rate']:g}, batch {dpo['batch_size']}, "
+         f"dropout {dpo['dropout']}", dpo_paper),
+        ("SFT", "lr 5.5e-6 -> 1.1e-6, batch 16, dropout 0.1",
+         f"lr {sft['learning_rate']:g} -> {sft['min_learning_rate']:g}, batch {sft['batch_size']}, "
+         f"dropout {sft['dropout']}", sft_paper),
+        ("checkpoint selection", "every 200 steps, pairwise judge on ~253 prompts", selection,
+         bool(a["select_every_steps"])),
+        ("self-rewarding iterations", "2 (M2, M3)", str(cfg["iterations"]), cfg["iterations"] == 2),
+        ("evaluation judge", "GPT-4", judge_model, e["judge_model"] == "endpoint" and
+         "gpt-4" in str(e["endpoint_model"]).lower()),
+        ("evaluation prompts (AlpacaEval)", "256", str(counted("evaluation", "eval_prompts")),
+         counted("evaluation", "eval_prompts") == 256),
+        ("evaluated answer length (tokens)", "uncut (M3 ~2,500 characters)", str(e["max_new_tokens"]),
+         e["max_new_tokens"] >= 1024),
+    ]
+    return pd.DataFrame([{"aspect": aspect, "paper": paper, "this run": ours, "differs": "" if same else "yes"}
+                         for aspect, paper, ours, same in rows]).set_index("aspect")
+
+
+def eft_examples(run_dir, count: int = 5) -> pd.DataFrame:
+    """A few EFT training examples: the taught score and judgment, the reply's human rank."""
+    rows = _rows(RunDir(run_dir).eft_train)[:count]
+    return pd.DataFrame(rows, columns=["prompt_id", "rank", "score", "response"])
+
+
 def hardware_line(hardware: dict) -> str:
     """'cpu: AMD EPYC (AVX2, 2 threads), float32 (requested auto)' or the GPU's name."""
     where = (f"{hardware['device']}: {hardware['gpu']}" if hardware.get("gpu") else

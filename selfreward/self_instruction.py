@@ -68,7 +68,7 @@ def preference_pairs(records: list[dict]) -> list[dict]:
 
 
 def positive_examples(records: list[dict]) -> list[dict]:
-    """The positive-only variant: candidates whose averaged score is a perfect 5."""
+    """The positive-only variant's training data: candidates whose averaged score is the maximum, 5."""
     return [{"prompt": r["prompt"], "response": c["response"], "score": c["score"]}
             for r in records for c in r["candidates"]
             if c["score"] is not None and c["score"] >= MAX_SCORE and c["response"].strip()]

@@ -54,7 +54,7 @@ def plan(cfg: Config) -> list[Stage]:
     for t in range(1, cfg.iterations + 1):
         stages.append(Stage(
             f"iteration_{t}", "05_iteration.ipynb", functools.partial(run_iteration, iteration=t),
-            model_sections + ("generation", "self_instruct", "candidates", "judge", "dpo"),
+            model_sections + ("generation", "self_instruct", "candidates", "judge", "aift", "dpo", "sft"),
             ("data", "m1" if t == 1 else f"iteration_{t - 1}"),
             functools.partial(lambda r, t: [r.aift(t), r.model(f"m{t + 1}")], t=t), iteration=t))
     if cfg.evaluation.enabled:
@@ -115,8 +115,7 @@ def run_data(cfg: Config, run: RunDir) -> dict:
     d = cfg.data
     train = data.first_turn_threads(data.load_oasst("train", d), d.max_prompt_chars, d.max_response_chars)
     valid = data.first_turn_threads(data.load_oasst("validation", d))  # evaluation: no length caps
-    ift = data.ift_seed(train, d.ift_size, cfg.seed)
-    eft_source = data.ranked_threads(train, d.eft_source_size, cfg.seed)
+    eft_source, ift = data.split_eft_ift(train, d.eft_source_size, d.ift_size, cfg.seed)
     rm_eval = data.ranked_threads(valid, d.rm_eval_size, cfg.seed)
     eval_prompts = data.eval_prompts(data.load_alpaca_eval(d), d.eval_prompts, cfg.seed,
                                      exclude={t["prompt"] for t in train})
@@ -130,6 +129,7 @@ def run_data(cfg: Config, run: RunDir) -> dict:
     write_jsonl(run.eval_prompts, eval_prompts)
     return {"source": str(data.local_dir(d) or d.oasst_hub_id),
             "train_prompts": len(train), "ift": len(ift), "eft_source_prompts": len(eft_source),
+            "eft_ift_overlap": data.overlap(eft_source, ift),
             "eft_source_replies": sum(len(t["replies"]) for t in eft_source),
             "rm_eval_prompts": len(rm_eval), "rm_eval_replies": sum(len(t["replies"]) for t in rm_eval),
             "eval_prompts": len(eval_prompts)}
@@ -165,10 +165,11 @@ def run_eft(cfg: Config, run: RunDir) -> dict:
               "prompts_agreeing": sum(r["agrees"] for r in records), "eft_before_rebalance": agreed,
               "eft": len(examples), "score_counts": _score_counts(examples),
               "tokens_generated": backend.tokens_generated}
-    if not examples:
-        _stopped(run, "eft", counts, f"no EFT example: the SFT baseline's judgments agreed with the human ranking "
-                 f"on 0 of {len(threads)} prompts ({failures} of {judgments} judgments unreadable, "
-                 f"mode {rows[0]['mode']})")
+    if len(examples) < cfg.eft.min_examples:
+        _stopped(run, "eft", counts, f"{'no EFT example' if not examples else f'only {len(examples)} EFT examples'}"
+                 f" (eft.min_examples {cfg.eft.min_examples}): the SFT baseline's judgments agreed with the human "
+                 f"ranking on {counts['prompts_agreeing']} of {len(threads)} prompts ({failures} of {judgments} "
+                 f"judgments unreadable, mode {rows[0]['mode']})")
     write_jsonl(run.eft_train, examples)
     return counts
 
@@ -182,19 +183,19 @@ def run_m1(cfg: Config, run: RunDir) -> dict:
 
 
 def run_iteration(cfg: Config, run: RunDir, iteration: int) -> dict:
-    """AIFT(M_t) from M_t's own prompts, candidates and judgments, then M_{t+1} = DPO(M_t, AIFT(M_t))."""
-    from selfreward import self_instruction, training
+    """AIFT(M_t) from M_t's own prompts, candidates and judgments, then M_{t+1} = DPO(M_t, AIFT(M_t))
+    (or, with `aift.objective: sft_positive`, SFT of M_t on the candidates scored the maximum)."""
+    from selfreward import self_instruction
     from selfreward.generation import loaded_backend
+    from selfreward.prompts import MAX_SCORE
 
     t = iteration
     current = str(run.model(f"m{t}"))
     seed = cfg.seed + 100 * t
-    ift = read_jsonl(run.ift)
     prompt_model = current if cfg.self_instruct.prompt_model == "current" else \
         model_path(cfg, run, cfg.self_instruct.prompt_model)
-
     with loaded_backend(prompt_model, cfg) as (prompt_backend, _):
-        prompt_records = self_instruction.new_prompts(prompt_backend, [e["prompt"] for e in ift],
+        prompt_records = self_instruction.new_prompts(prompt_backend, [e["prompt"] for e in read_jsonl(run.ift)],
                                                       cfg.self_instruct, seed)
     write_jsonl(run.aift_prompts(t), prompt_records)
     kept = [r["prompt"] for r in prompt_records if r["kept"]]
@@ -209,22 +210,37 @@ def run_iteration(cfg: Config, run: RunDir, iteration: int) -> dict:
     pairs = self_instruction.preference_pairs(records)
     positives = self_instruction.positive_examples(records)
     write_jsonl(run.candidates(t), records)
+    write_jsonl(run.pairs(t), pairs)
     write_jsonl(run.positives(t), positives)
     candidates = [c for r in records for c in r["candidates"]]
+    scores = [c["score"] for c in candidates if c["score"] is not None]
     counts.update({
         "judge_mode": candidates[0]["judge"]["mode"], "candidates": len(candidates),
         "judgments": sum(len(c["judge"]["judgments"]) for c in candidates),
         "parse_failures": sum(c["judge"]["failures"] for c in candidates),
-        "unscored_candidates": sum(c["score"] is None for c in candidates),
-        "pairs": len(pairs), "positive_examples": len(positives),
+        "unscored_candidates": len(candidates) - len(scores),
+        "pairs": len(pairs), "positive_examples": len(positives), "objective": cfg.aift.objective,
         "tokens_generated": prompt_backend.tokens_generated + backend.tokens_generated})
-    if not pairs:
+    if cfg.aift.objective == "dpo" and not pairs:
         _stopped(run, f"iteration_{t}", counts,
                  f"iteration {t}: no usable preference pair from {len(records)} prompts "
                  f"({counts['parse_failures']} of {counts['judgments']} judgments unreadable; the rest tied)")
-    write_jsonl(run.pairs(t), pairs)
-    summary = training.dpo(current, run.model(f"m{t + 1}"), pairs, cfg.dpo, cfg.model, seed)
-    return {**counts, **_prefixed("train", summary)}
+    if cfg.aift.objective == "sft_positive" and not positives:
+        highest = f"the highest was {max(scores):.2f}" if scores else "none was scored"
+        _stopped(run, f"iteration_{t}", counts,
+                 f"iteration {t}: aift.objective sft_positive needs candidates scored {MAX_SCORE}, and none of "
+                 f"{len(candidates)} was ({len(scores)} scored; {highest})")
+    return {**counts, **_prefixed("train", train_next_model(cfg, run, t, pairs, positives, seed))}
+
+
+def train_next_model(cfg: Config, run: RunDir, t: int, pairs: list[dict], positives: list[dict], seed: int) -> dict:
+    """M_{t+1} from M_t: DPO on AIFT(M_t)'s pairs, or SFT on its positive examples."""
+    from selfreward import training
+
+    current, target = str(run.model(f"m{t}")), run.model(f"m{t + 1}")
+    if cfg.aift.objective == "sft_positive":
+        return training.sft(current, target, positives, cfg.sft, cfg.model, seed)
+    return training.dpo(current, target, pairs, cfg.dpo, cfg.model, seed)
 
 
 def _prefixed(prefix: str, summary: dict) -> dict:

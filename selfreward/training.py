@@ -6,6 +6,7 @@ model sequence SFT baseline -> M1 -> M2 -> M3 is a chain of ordinary checkpoints
 from __future__ import annotations
 
 import contextlib
+import random
 import tempfile
 
 import torch
@@ -87,9 +88,9 @@ class SelectedLogProbs(torch.autograd.Function):
         lse = torch.empty(len(targets), dtype=exact, device=hidden.device)
         buffer = torch.empty(min(len(targets), SelectedLogProbs.CHUNK), w.shape[0], dtype=exact, device=hidden.device)
         for rows in SelectedLogProbs._chunks(len(targets)):
-            chunk = buffer[:rows.stop - rows.start].copy_(logits[rows])
-            top = chunk.amax(-1, keepdim=True)
-            lse[rows] = chunk.sub_(top).exp_().sum(-1).log_() + top.squeeze(-1)
+            top = logits[rows].amax(-1, keepdim=True).to(exact)
+            chunk = torch.sub(logits[rows], top, out=buffer[:rows.stop - rows.start])
+            lse[rows] = chunk.exp_().sum(-1).log_() + top.squeeze(-1)
         values = logits.gather(-1, targets[:, None]).squeeze(-1).to(exact) - lse
         ctx.cap, ctx.recompute, ctx.weight_dtype = cap, recompute, weight.dtype
         ctx.save_for_backward(hidden, w, targets, lse, None if recompute else logits)
@@ -116,11 +117,11 @@ class SelectedLogProbs(torch.autograd.Function):
             z = SelectedLogProbs._logits(hidden[rows], w, ctx.cap) if ctx.recompute else logits[rows]
             g = grad[rows].to(lse.dtype)[:, None]
             # d log p[target] / d logits = onehot(target) - softmax, times the incoming gradient
-            dlogits = buffer[:n].copy_(z).sub_(lse[rows, None]).exp_().mul_(-g)
+            dlogits = torch.sub(z, lse[rows, None], out=buffer[:n]).exp_().mul_(-g)
             dlogits.scatter_add_(1, targets[rows, None], g)
             if ctx.cap:  # through cap * tanh(z / cap)
                 dlogits.mul_(1 - (z.to(lse.dtype) / ctx.cap) ** 2)
-            grad_hidden[rows] = low[:n].copy_(dlogits) @ w
+            grad_hidden[rows] = (dlogits if low is buffer else low[:n].copy_(dlogits)) @ w
             if grad_weight is not None:
                 grad_weight.addmm_(dlogits.T, hidden[rows].to(lse.dtype))
         grad_weight = None if grad_weight is None else grad_weight.to(ctx.weight_dtype)
@@ -295,12 +296,49 @@ def _train(make_trainer, model_dir: str, out_dir, rows: list[dict], train_cfg, m
     return _finish(trainer, trainer.processing_class, out_dir, len(rows))
 
 
+class SimilarLengthSampler(torch.utils.data.Sampler):
+    """A random order in which each micro-batch holds examples of similar length: shuffle, sort each
+    window of `window` micro-batches by length, cut it into micro-batches, shuffle those. Padding to
+    the longest row of a micro-batch then costs little (about a third of an SFT step's tokens with
+    random batches of 4 on OASST), and the order stays random, not sorted."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 4):
+        self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            window = sorted(order[start:start + span], key=self.lengths.__getitem__)
+            batches += [window[i:i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+        rng.shuffle(batches)
+        return iter([index for batch in batches for index in batch])
+
+
+def _example_lengths(dataset) -> list[int]:
+    """Tokens per example of a TRL-prepared dataset: SFT rows, or DPO prompt plus its longer reply."""
+    if "input_ids" in dataset.column_names:
+        return [len(ids) for ids in dataset["input_ids"]]
+    return [len(p) + max(len(c), len(r))
+            for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+
+
 def _trainer(trainer_class, model, args, rows: list[dict], tokenizer, peft_config):
     from transformers.trainer_callback import ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
 
     trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                             peft_config=peft_config)
+    lengths = _example_lengths(trainer.train_dataset)
+    trainer._get_train_sampler = lambda *_: SimilarLengthSampler(lengths, args.per_device_train_batch_size, args.seed)
     # inside a papermill notebook the Trainer would draw an HTML widget nobody sees; log text instead
     if trainer.pop_callback(NotebookProgressCallback) is not None:
         trainer.add_callback(ProgressCallback)

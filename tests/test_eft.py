@@ -34,3 +34,25 @@ def test_build_eft_keeps_only_agreeing_prompts():
     assert len(examples) == 2 and {e["prompt_id"] for e in examples} == {"a"}
     assert [parse_score(e["response"]) for e in examples] == [4, 2]
     assert examples[0]["response"].endswith("Score: 4") and "<response>good</response>" in examples[0]["prompt"]
+
+
+def _row(prompt_id, ranks, *judged):
+    results = [JudgeResult("constrained-expectation", [Judgment(f"Reason {s}.", None, s) for s in scores])
+               for scores in judged]
+    return {"prompt_id": prompt_id, "ranks": ranks, "scores": [r.score for r in results],
+            "results": [r.to_dict() for r in results]}
+
+
+def test_written_scores_order_the_replies_as_the_humans_do():
+    threads = [{"prompt_id": p, "prompt": "Q", "replies": [{"text": "good", "rank": 0}, {"text": "bad", "rank": 1}]}
+               for p in ("tied", "apart", "reversed")]
+    rows = [_row("tied", [0, 1], [3.4, 2.6], [2.8, 3.1]),  # means 3.0 > 2.95, but every sample rounds to 3
+            _row("apart", [0, 1], [4.2, 3.1], [3.0, 3.4]),  # 4 and 3: not the nearest samples, but they agree
+            _row("reversed", [0, 1], [2.0], [4.0])]
+    examples, records = build_eft(threads, rows, "additive")
+    assert [r["agrees"] for r in records] == [False, True, False]
+    assert [(e["prompt_id"], e["rank"], e["score"]) for e in examples] == [("apart", 0, 4), ("apart", 1, 3)]
+    assert records[1]["taught_scores"] == [4, 3] and examples[0]["response"].endswith("Score: 4")
+    for prompt_id in {e["prompt_id"] for e in examples}:  # within every kept prompt: strict human order
+        kept = sorted((e["rank"], e["score"]) for e in examples if e["prompt_id"] == prompt_id)
+        assert all(a[1] > b[1] for a, b in zip(kept, kept[1:]) if a[0] < b[0])

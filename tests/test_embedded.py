@@ -74,3 +74,31 @@ def test_shared_prefill_scores_match_on_gemma_past_its_sliding_window():
     for (expected, _), (probs, _) in zip(plain.option_probs(prefixes, SCORE_OPTIONS),
                                          fast.option_probs(prefixes, SCORE_OPTIONS), strict=True):
         assert probs == pytest.approx(expected, abs=2e-3)
+
+
+def test_reading_in_the_same_pass_matches_a_plain_forward_on_gemma_past_its_sliding_window():
+    """Constrained judging reads P(score) in the decode pass itself (masked cut, fed suffix, growing cache):
+    the probabilities are those of a plain forward over the prompt, the kept tokens and the suffix."""
+    import torch
+
+    from selfreward.generation import FastBackend
+    from selfreward.judging import SCORE_READING
+    from selfreward.prompts import judge_prompt
+
+    path = models.resolve(models.EMBEDDED_GEMMA)
+    tokenizer = models.load_tokenizer(path)
+    model = models.load_model(path, dtype="float32", device="cpu")
+    chat = models.chat_format_for(tokenizer)
+    fast = FastBackend(model, tokenizer, models.stop_token_ids(tokenizer, chat), batch_size=4)
+    long_answer = "Paris is the capital of France, on the Seine, and its largest city. " * 30
+    prompts = [chat.prompt(judge_prompt("What is the capital of France?", answer)) for answer in [long_answer, "Bananas."]]
+    assert len(tokenizer(prompts[0]).input_ids) > model.config.sliding_window
+    suffix = tokenizer(SCORE_READING.suffix, add_special_tokens=False).input_ids
+    options = fast.option_token_ids(SCORE_READING.suffix, SCORE_READING.options)[1]
+    for prompt, completions in zip(prompts, fast.generate(prompts, n=2, temperature=0.7, max_new_tokens=24,
+                                                          reading=SCORE_READING)):
+        for c in completions:
+            with torch.no_grad():
+                logits = model(torch.tensor([tokenizer(prompt).input_ids + c.kept_ids + suffix])).logits[0, -1]
+            expected = logits.float().softmax(-1)[options]
+            assert c.probs == pytest.approx((expected / expected.sum()).tolist(), abs=2e-3)

@@ -5,8 +5,8 @@ import torch
 
 from selfreward.config import DPOConfig, ModelConfig, TrainConfig
 from selfreward.models import load_model, load_tokenizer
-from selfreward.training import (FastDropout, SelectedLogProbs, TrainingError, dpo, dpo_loss, dpo_trainer, sft, sft_trainer,
-                                 token_logprobs, use_fast_dropout)
+from selfreward.training import (FastDropout, SelectedLogProbs, SimilarLengthSampler, TrainingError, dpo, dpo_loss,
+                                 dpo_trainer, sft, sft_trainer, token_logprobs, use_fast_dropout)
 
 MODEL = ModelConfig(spec="tiny", dtype="float32", finetune="full", device="cpu")
 EXAMPLES = [{"prompt": "What is the capital of France?", "response": "Paris."},
@@ -207,3 +207,18 @@ def test_dpo_reference_is_a_deterministic_eval_mode_forward_of_the_starting_mode
     with torch.no_grad():
         trainer.compute_loss(trainer.model, batch)
     assert trainer._metrics["eval"]["rewards/margins"][-1] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_similar_length_sampler_is_a_random_permutation_with_little_padding():
+    lengths = torch.randint(10, 400, (96,), generator=torch.Generator().manual_seed(0)).tolist()
+    sampler = SimilarLengthSampler(lengths, batch_size=4, seed=0)
+    first, second = list(sampler), list(sampler)
+    assert sorted(first) == list(range(96)) and first != second  # each example once per epoch, a new order each epoch
+    assert list(SimilarLengthSampler(lengths, 4, seed=0)) == first  # seeded
+
+    def padded(order):
+        return sum(4 * max(lengths[i] for i in order[b:b + 4]) for b in range(0, 96, 4))
+
+    shuffled = torch.randperm(96, generator=torch.Generator().manual_seed(1)).tolist()
+    assert padded(first) < 0.85 * padded(shuffled)
+    assert first != sorted(first, key=lengths.__getitem__)  # not simply sorted by length
