@@ -52,6 +52,9 @@ class DataConfig:
     local_dir: Optional[str] = None  # offline mirror; None = env SELFREWARD_DATA_DIR, else the hub
     oasst_hub_id: str = "OpenAssistant/oasst1"
     alpaca_eval_hub_id: str = "tatsu-lab/alpaca_eval"
+    # the model whose AlpacaEval outputs are the "reference" (AlpacaEval 2.0's GPT-4 Turbo); checked on load
+    alpaca_eval_generator: str = "gpt4_1106_preview"
+    mt_bench_hub_id: str = "HuggingFaceH4/mt_bench_prompts"  # or the mirror's eval/mt_bench_questions.jsonl
     ift_size: int = 3200  # capped by what the data holds (after the EFT source is taken out)
     # training prompts with >= 2 ranked replies for the SFT baseline to judge, BEFORE the agreement filter:
     # only prompts whose judgments order the replies as the humans do become EFT examples (one per reply);
@@ -221,11 +224,16 @@ class EvaluationConfig:
     rm_samples: int = 3  # judgments per reply when the models act as reward models
     rm_prompts: int = 0  # validation prompts judged by each model; 0 = the whole reward-model eval set
     judge_prompt_ablation: bool = True  # SFT baseline as judge: additive vs multiple-choice prompt
+    # judge-free: each model's log-likelihood of the human-ranked OASST validation replies
+    hp_prompts: int = 0  # validation prompts; 0 = all 186 (541 replies)
+    hp_max_reply_tokens: int = 0  # score the first N tokens of each reply; 0 = the whole reply
+    mt_bench_questions: int = 80  # MT-Bench questions (both turns), categories evenly; 0 = no MT-Bench
     bootstrap_samples: int = 1000
 
     def validate(self, key):
         _positive(self, key, "max_new_tokens", "rm_samples", "bootstrap_samples")
-        _check(self.rm_prompts >= 0, f"{key}.rm_prompts", "must be >= 0")
+        for name in ("rm_prompts", "hp_prompts", "hp_max_reply_tokens", "mt_bench_questions"):
+            _check(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
         _sampling(self, key)
         # a key pasted where the variable's name belongs is refused before it is written anywhere (no echo)
         _check(re.fullmatch(r"[A-Z_][A-Z0-9_]{0,63}", self.endpoint_api_key_env) is not None,

@@ -31,7 +31,8 @@ def local_dir(data_cfg) -> Path | None:
     return path
 
 
-MIRROR_FILES = ["oasst/train.jsonl", "oasst/validation.jsonl", "eval/alpaca_eval.json"]
+MIRROR_FILES = ["oasst/train.jsonl", "oasst/validation.jsonl", "eval/alpaca_eval.json",
+                "eval/mt_bench_questions.jsonl"]
 OASST_FIELDS = ("message_id", "parent_id", "role", "text")
 
 
@@ -90,6 +91,39 @@ def load_alpaca_eval(data_cfg) -> list[dict]:
 
     path = hf_hub_download(data_cfg.alpaca_eval_hub_id, "alpaca_eval.json", repo_type="dataset")
     return _json_rows(Path(path), ("instruction",))
+
+
+def load_mt_bench(data_cfg) -> list[dict]:
+    """The 80 MT-Bench questions: {question_id, category, turns: [first, second]}."""
+    root = local_dir(data_cfg)
+    if root is not None:
+        return read_jsonl_rows(_mirror_file(root, "eval/mt_bench_questions.jsonl"), ("question_id", "category", "turns"))
+    from datasets import load_dataset
+
+    return [{"question_id": row["prompt_id"], "category": row["category"], "turns": list(row["prompt"])}
+            for row in load_dataset(data_cfg.mt_bench_hub_id, split="train")]
+
+
+def mt_bench_order(questions: list[dict], seed: int) -> list[dict]:
+    """A seeded order in which any first N questions cover the categories evenly (round robin)."""
+    rng = random.Random(seed)
+    by_category: dict[str, list[dict]] = {}
+    for q in sorted(questions, key=lambda q: q["question_id"]):
+        by_category.setdefault(q["category"], []).append(q)
+    for group in by_category.values():
+        rng.shuffle(group)
+    order = []
+    for round_no in range(max(map(len, by_category.values()), default=0)):
+        order += [group[round_no] for _, group in sorted(by_category.items()) if round_no < len(group)]
+    return order
+
+
+def check_reference_generator(alpaca: list[dict], expected: str, source: str):
+    """The "vs reference" comparisons must be against the model they are labelled with."""
+    found = sorted({str(a.get("generator")) for a in alpaca})
+    if found != [expected]:
+        raise DataError(f"the AlpacaEval reference outputs from {source} come from {', '.join(found)}, not "
+                        f"{expected} (data.alpaca_eval_generator): the 'vs reference' rows would be mislabelled")
 
 
 def _mirror_file(root: Path, name: str) -> Path:
@@ -182,7 +216,8 @@ def _normalise(text: str) -> str:
 def eval_prompts(alpaca: list[dict], size: int, seed: int, exclude: set[str]) -> list[dict]:
     """AlpacaEval instructions (with the GPT-4 reference output) that appear nowhere in training data."""
     excluded = {_normalise(text) for text in exclude}
-    rows = [{"instruction": a["instruction"], "dataset": a.get("dataset", ""), "reference": a.get("output", "")}
+    rows = [{"instruction": a["instruction"], "dataset": a.get("dataset", ""), "reference": a.get("output", ""),
+             "reference_generator": a.get("generator")}
             for a in alpaca if _normalise(a["instruction"]) not in excluded]
     return _sample(rows, size, seed)
 

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm  # text bars: papermill streams them to the log
 
 from selfreward import models
-from selfreward.models import head_logits
+from selfreward.models import head_logits, selected_logprobs
 
 
 @dataclass
@@ -143,6 +143,45 @@ class TransformersBackend:
                                 logits_to_keep=1).logits[:, -1]
             probs = logits.float().softmax(-1)
             results += [_read_options(probs[row], option_ids) for row, (_, option_ids) in enumerate(chunk)]
+        return results
+
+
+    @torch.no_grad()
+    def continuation_logprobs(self, items: list[tuple[str, str]], max_tokens: int = 0,
+                              desc: str = "log-likelihoods") -> list[tuple[float, int]]:
+        """For each (prefix, continuation): the summed log-probability of the continuation's tokens given the
+        prefix, and how many tokens that is (the first `max_tokens` of the continuation when > 0). The
+        output layer runs at those tokens only."""
+        rows = []
+        for prefix, continuation in items:
+            start = self.tokenizer(prefix).input_ids
+            full = self.tokenizer(prefix + continuation).input_ids
+            boundary = common_prefix_length([start + [-1], full + [-2]])  # where the two tokenisations part
+            end = len(full) if not max_tokens else min(len(full), boundary + max_tokens)
+            rows.append((full[:end], boundary))
+        results: list = [None] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        pad, decoder = self.tokenizer.pad_token_id, self.model.get_decoder()
+        with tqdm(total=len(rows), desc=desc, unit="text") as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                width = max(len(rows[i][0]) for i in batch)
+                ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in batch], device=self.device)
+                mask = torch.tensor([[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in batch],
+                                    device=self.device)
+                hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                # the token at position p is predicted from the hidden state at p - 1
+                where = [(r, p) for r, i in enumerate(batch) for p in range(max(rows[i][1], 1), len(rows[i][0]))]
+                if where:
+                    row_index = torch.tensor([r for r, _ in where], device=self.device)
+                    position = torch.tensor([p for _, p in where], device=self.device)
+                    logps = selected_logprobs(self.model, hidden[row_index, position - 1], ids[row_index, position])
+                    sums = torch.zeros(len(batch), device=self.device).index_add_(0, row_index, logps)
+                else:
+                    sums = torch.zeros(len(batch), device=self.device)
+                for r, i in enumerate(batch):
+                    results[i] = (float(sums[r]), len(rows[i][0]) - max(rows[i][1], 1))
+                bar.update(len(batch))
         return results
 
 

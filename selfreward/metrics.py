@@ -119,3 +119,22 @@ def bootstrap(prompts: list[dict], samples: int = 1000, seed: int = 0, level: fl
         high = values[int((1 + level) / 2 * (len(values) - 1))]
         result[key] = (point[key], low, high)
     return result
+
+
+def mean_interval(values: list[float], samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict | None:
+    """The mean of per-prompt values with a percentile bootstrap interval over prompts, or None when empty."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    rng = random.Random(seed)
+    means = sorted(sum(values[rng.randrange(len(values))] for _ in values) / len(values) for _ in range(samples))
+    return {"value": sum(values) / len(values), "low": means[int((1 - level) / 2 * (samples - 1))],
+            "high": means[int((1 + level) / 2 * (samples - 1))], "n": len(values)}
+
+
+def pairwise_accuracy(rows: list[dict], samples: int = 1000, seed: int = 0) -> dict | None:
+    """Pairwise accuracy of any per-reply value against human ranks (`scores` beside `ranks` per prompt),
+    with its bootstrap interval: {value, low, high, pairs}."""
+    value, low, high = bootstrap(rows, samples, seed)["pairwise_accuracy"]
+    pairs = sum(pair_outcomes(r["scores"], r["ranks"])[2] for r in rows)
+    return None if value is None else {"value": value, "low": low, "high": high, "pairs": pairs}

@@ -109,6 +109,7 @@ class ChatFormat:
     user_prefix: str
     assistant_prefix: str
     end_of_turn: str  # appended to responses in training; generation stops here
+    between_turns: str = "\n"  # after an answer's end of turn, before the next user turn
 
     def prompt(self, user_text: str) -> str:
         return f"{self.user_prefix}{user_text.strip()}{self.assistant_prefix}"
@@ -116,12 +117,18 @@ class ChatFormat:
     def completion(self, response: str) -> str:
         return f"{response.strip()}{self.end_of_turn}"
 
+    def conversation(self, exchanges: list[tuple[str, str]], user_text: str) -> str:
+        """Earlier (user, assistant) exchanges, then the next user turn, ready for the assistant's answer."""
+        earlier = "".join(f"{self.prompt(user)}{self.completion(answer)}{self.between_turns}"
+                          for user, answer in exchanges)
+        return f"{earlier}{self.prompt(user_text)}"
+
 
 CHAT_FORMATS = {
     # Gemma's own turn markers exist in its base vocabulary (and in our tiny tokenizer).
     "gemma": ChatFormat("<start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n", "<end_of_turn>"),
     # For any other base model: plain-text headers, the tokenizer's EOS ends the turn.
-    "plain": ChatFormat("### User:\n", "\n\n### Assistant:\n", ""),
+    "plain": ChatFormat("### User:\n", "\n\n### Assistant:\n", "", between_turns="\n\n"),
 }
 
 
@@ -306,6 +313,18 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     else:
         logits = head(hidden)
     return soft_cap(logits, final_logit_cap(model))
+
+
+@torch.no_grad()
+def selected_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """log p(target) of each row of `hidden` (the positions before the targets), chunk by chunk so that
+    only [chunk, vocabulary] logits exist at a time; float32."""
+    out = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
+    for start in range(0, len(targets), chunk):
+        logits = head_logits(model, hidden[start:start + chunk]).float()
+        out[start:start + chunk] = logits.gather(-1, targets[start:start + chunk, None]).squeeze(-1) \
+            - torch.logsumexp(logits, -1)
+    return out
 
 
 def final_logit_cap(model) -> float | None:

@@ -283,3 +283,61 @@ def parse_preference(text: str) -> str | None:
         return found.pop()
     bare = (text or "").strip().strip(".()\"' ").lower()
     return bare if bare in ("a", "b") else None
+
+
+# ---------------------------------------------------------------- MT-Bench single-answer grading
+
+MT_BENCH_JUDGE = """\
+You are an impartial judge of an AI assistant's answer to a user's question. Consider how helpful, \
+relevant, accurate, deep, creative and detailed the answer is{reference_note}. Begin with a short \
+explanation, as objective as you can make it, then rate the answer on a scale of 1 to 10, written \
+exactly in this form: "Rating: [[5]]".
+
+[Question]
+{question}
+
+[The assistant's answer]
+{answer}
+"""
+
+MT_BENCH_JUDGE_SECOND_TURN = """\
+You are an impartial judge of an AI assistant's answers in a conversation with a user. Rate only the \
+assistant's answer to the user's SECOND question, in the light of the whole conversation. Consider how \
+helpful, relevant, accurate, deep, creative and detailed it is. Begin with a short explanation, as \
+objective as you can make it, then rate that answer on a scale of 1 to 10, written exactly in this \
+form: "Rating: [[5]]".
+
+[First question]
+{question_1}
+
+[The assistant's first answer]
+{answer_1}
+
+[Second question]
+{question_2}
+
+[The assistant's second answer]
+{answer_2}
+"""
+RATING_PREFIX = "Rating: [["  # constrained grading reads the rating's digits after this
+MAX_RATING = 10
+
+
+def mt_bench_prompt(questions: list[str], answers: list[str]) -> str:
+    """The grading prompt for the last turn of a one- or two-turn MT-Bench exchange."""
+    if len(questions) == 1:
+        return MT_BENCH_JUDGE.format(question=questions[0].strip(), answer=answers[0].strip(), reference_note="")
+    return MT_BENCH_JUDGE_SECOND_TURN.format(question_1=questions[0].strip(), answer_1=answers[0].strip(),
+                                             question_2=questions[1].strip(), answer_2=answers[1].strip())
+
+
+_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+
+
+def parse_rating(text: str) -> float | None:
+    """The judge's [[rating]] (1-10), or None when absent, out of range, or when it gave different ones."""
+    values = {float(v) for v in _RATING.findall(text or "")}
+    if len(values) != 1:
+        return None
+    value = values.pop()
+    return value if 1 <= value <= MAX_RATING else None

@@ -31,15 +31,50 @@ PERCENT_METRICS = {"pairwise_accuracy", "five_best", "exact_match", "pair_ties",
 
 
 def head_to_head_table(run_dir) -> pd.DataFrame:
+    """Every comparison: hard win/tie/loss (both orders, inconsistent = tie), the position-debiased soft win
+    rate with its interval, and the judge's health; "judge uninformative" where it answers by position."""
     data = read_json(RunDir(run_dir).head_to_head)
     rows = []
     for name, c in data["comparisons"].items():
         paper = PAPER_HEAD_TO_HEAD.get(name)
-        rows.append({"comparison": name, "win %": c["win_pct"], "tie %": c["tie_pct"], "loss %": c["loss_pct"],
-                     "win rate (ties ½) %": c["win_rate"], "judge picks first slot %": _pct(c["first_slot_rate"]),
-                     "unreadable verdicts": c["unreadable_verdicts"],
+        health = c["judge_health"]
+        rows.append({"comparison": _comparison_label(name, data), "win %": c["win_pct"], "tie %": c["tie_pct"],
+                     "loss %": c["loss_pct"], "win rate (ties ½) %": c["win_rate"],
+                     "soft win rate % [95% CI]": _percent_interval(c.get("soft_win_rate")),
+                     "orders agree %": _pct(health["order_consistency"]),
+                     "first slot %": _pct(health["first_slot_rate"]),
+                     "judge": "informative" if health["informative"] else f"uninformative: {health['why_not']}",
                      "paper win/tie/loss %": "/".join(f"{v:.1f}" for v in paper) if paper else "—"})
     return pd.DataFrame(rows).set_index("comparison").round(1)
+
+
+def _comparison_label(name: str, data: dict) -> str:
+    generator = data.get("reference_generator") or "the AlpacaEval reference"
+    return name.replace("vs reference", f"vs {generator} (AlpacaEval 2.0 reference)")
+
+
+def _percent_interval(interval: dict | None) -> str:
+    if not interval:
+        return "—"
+    return f"{100 * interval['value']:.1f} [{100 * interval['low']:.1f}, {100 * interval['high']:.1f}]"
+
+
+def reference_lengths(run_dir) -> pd.DataFrame:
+    """Against the reference outputs: answer lengths beside the reference's, and the win rate where the
+    model's answer is longer than the reference and where it is not (AlpacaEval 2.0's length effect)."""
+    data = read_json(RunDir(run_dir).head_to_head)
+    rows = []
+    for name, c in data["comparisons"].items():
+        split = c.get("length_split")
+        if not split:
+            continue
+        rows.append({"model": name.split(" vs ")[0], "mean characters": split["model_mean_chars"],
+                     "reference mean characters": split["reference_mean_chars"],
+                     "prompts where longer": split["longer_than_reference"]["prompts"],
+                     "win rate there %": split["longer_than_reference"]["win_rate"],
+                     "prompts where not longer": split["not_longer"]["prompts"],
+                     "win rate there % ": split["not_longer"]["win_rate"]})
+    return pd.DataFrame(rows).set_index("model").round(1) if rows else pd.DataFrame()
 
 
 def _pct(value):
@@ -68,6 +103,8 @@ def reward_model_table(run_dir) -> pd.DataFrame:
         for metric in REWARD_METRICS:
             unit = " %" if metric in PERCENT_METRICS else ""
             row[metric.replace("_", " ") + unit] = _interval(metric, entry["metrics"][metric])
+        health = entry.get("judge_health", {"informative": True})
+        row["judge health"] = "informative" if health["informative"] else f"uninformative: {health['why_not']}"
         rows.append(row)
     return pd.DataFrame(rows).set_index("judge")
 
@@ -319,26 +356,170 @@ def hardware_line(hardware: dict) -> str:
     return f"{where}, computing in {hardware['dtype']} (requested {hardware['dtype_requested']})"
 
 
+PAPER_MT_BENCH = {"sft_baseline": 6.85, "m1": 6.78, "m2": 7.01, "m3": 7.25}
+
+
+def human_preference_table(run_dir) -> pd.DataFrame:
+    """Judge-free accuracy against the humans, per model, with 95% bootstrap intervals over prompts."""
+    data = read_json(RunDir(run_dir).human_preference)
+    rows = []
+    for name, m in data["models"].items():
+        rows.append({"model": name, "likelihood (per token) picks the human-preferred reply % [95% CI]":
+                     _percent_interval(m["length_normalised"]),
+                     "implicit reward picks it % [95% CI]": _percent_interval(m["implicit_reward"]),
+                     "implicit reward against": m["reference"] or "—",
+                     "mean log-likelihood per token": round(m["mean_logp_per_token"], 3)})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def plot_human_preference(run_dir):
+    data = read_json(RunDir(run_dir).human_preference)
+    names = list(data["models"])
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for offset, (key, label) in enumerate([("length_normalised", "likelihood per token"),
+                                           ("implicit_reward", "implicit reward (vs the DPO reference)")]):
+        points = [(i + 0.08 * (2 * offset - 1), data["models"][n][key]) for i, n in enumerate(names)
+                  if data["models"][n][key]]
+        if points:
+            xs, intervals = zip(*points)
+            values = [100 * iv["value"] for iv in intervals]
+            errors = [[v - 100 * iv["low"] for v, iv in zip(values, intervals)],
+                      [100 * iv["high"] - v for v, iv in zip(values, intervals)]]
+            ax.errorbar(xs, values, yerr=errors, marker="o", capsize=3, linestyle="none", label=label)
+    ax.axhline(50, color="grey", linestyle=":", label="chance")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("% of human-ranked pairs")
+    ax.set_title(f"Judge-free agreement with the humans ({data['pairs']} reply pairs, 95% CI)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def mt_bench_table(run_dir) -> pd.DataFrame:
+    """MT-Bench scores (1-10) per model beside the paper's, per turn and per category."""
+    data = read_json(RunDir(run_dir).mt_bench)
+    rows = []
+    for name, m in data["models"].items():
+        overall = m["overall"]
+        row = {"model": name, "overall [95% CI]": "—" if not overall else
+               f"{overall['value']:.2f} [{overall['low']:.2f}, {overall['high']:.2f}]",
+               "turn 1": m["turn_1"], "turn 2": m["turn_2"], "unreadable %": _pct(m["unreadable_share"]),
+               "paper (70B, GPT-4 judge)": PAPER_MT_BENCH.get(name, "—"),
+               "judge": "informative" if m["judge_health"]["informative"]
+               else f"uninformative: {m['judge_health']['why_not']}"}
+        row.update({category: value for category, value in m["categories"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model").round(2)
+
+
+def plot_mt_bench(run_dir):
+    data = read_json(RunDir(run_dir).mt_bench)["models"]
+    names = [n for n in data if data[n]["overall"]]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    values = [data[n]["overall"]["value"] for n in names]
+    errors = [[v - data[n]["overall"]["low"] for v, n in zip(values, names)],
+              [data[n]["overall"]["high"] - v for v, n in zip(values, names)]]
+    ax.errorbar(names, values, yerr=errors, marker="o", capsize=3, label="this run")
+    ax.plot([n for n in names if n in PAPER_MT_BENCH], [PAPER_MT_BENCH[n] for n in names if n in PAPER_MT_BENCH],
+            "s--", label="paper (70B, GPT-4 judge)")
+    ax.set_ylim(1, 10)
+    ax.set_ylabel("MT-Bench score (1-10)")
+    ax.set_title("MT-Bench, both turns (95% CI over questions)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def interval_widths(run_dir) -> str:
+    """How sure the numbers can be: the half-widths of the 95% intervals, in points."""
+    run, lines = RunDir(run_dir), []
+    if run.reward_model.is_file():
+        rm = read_json(run.reward_model)
+        widths = [(label, e["metrics"]["pairwise_accuracy"]) for label, e in rm["models"].items()]
+        text = ", ".join(f"{label} ±{50 * (hi - lo):.1f}" for label, (_, lo, hi) in widths if lo is not None)
+        lines.append(f"- Reward-model pairwise accuracy ({rm['prompts']} prompts, {rm['replies']} replies): {text} points.")
+    if run.human_preference.is_file():
+        hp = read_json(run.human_preference)
+        text = ", ".join(f"{n} ±{50 * (m['length_normalised']['high'] - m['length_normalised']['low']):.1f}"
+                         for n, m in hp["models"].items())
+        lines.append(f"- Judge-free human-preference accuracy ({hp['pairs']} pairs): {text} points.")
+    if run.head_to_head.is_file():
+        h2h = read_json(run.head_to_head)
+        soft = [(n, c["soft_win_rate"]) for n, c in h2h["comparisons"].items() if c.get("soft_win_rate")]
+        if soft:
+            text = ", ".join(f"±{50 * (iv['high'] - iv['low']):.1f}" for _, iv in soft)
+            lines.append(f"- Soft win rates ({h2h['prompts']} prompts): {text} points.")
+    return "\n".join(lines) or "No intervals in this run."
+
+
+def _verdict(ours_rises: bool | None, paper_rises: bool) -> str:
+    if ours_rises is None:
+        return "no direction (the intervals span it)"
+    return "agrees" if ours_rises == paper_rises else "differs"
+
+
 def trend_notes(run_dir) -> str:
-    """One line per trend the paper reports, saying whether this run shows it."""
-    h2h = read_json(RunDir(run_dir).head_to_head)["comparisons"]
-    lines = []
+    """One line per trend the paper reports, saying whether this run shows it, and "judge uninformative"
+    wherever the instrument cannot tell."""
+    run, lines = RunDir(run_dir), []
+    h2h = read_json(run.head_to_head)["comparisons"]
     for name, (win, _, loss) in PAPER_HEAD_TO_HEAD.items():
         if name not in h2h:
             continue
-        ours = h2h[name]
+        ours, health = h2h[name], h2h[name]["judge_health"]
         paper_says = "wins more than it loses" if win > loss else "roughly ties"
+        if not health["informative"]:
+            lines.append(f"- **{name}**: paper {paper_says} ({win:.1f}/{loss:.1f}); this run: **judge uninformative** "
+                         f"({health['why_not']}).")
+            continue
         ours_says = ("wins more than it loses" if ours["win"] > ours["loss"] else
                      "loses more than it wins" if ours["loss"] > ours["win"] else "ties")
         verdict = "agrees" if (ours["win"] > ours["loss"]) == (win > loss + 5) else "differs"
         lines.append(f"- **{name}**: paper {paper_says} ({win:.1f}/{loss:.1f}); this run {ours_says} "
                      f"({ours['win_pct']:.1f}/{ours['loss_pct']:.1f}) — {verdict}.")
-    models = read_json(RunDir(run_dir).reward_model)["models"]
-    sequence = [m for m in ["sft_baseline", "m1", "m2", "m3"] if m in models]
-    accuracy = [models[m]["metrics"]["pairwise_accuracy"][0] for m in sequence]
-    if len(sequence) >= 2 and None not in accuracy:
-        rising = all(b >= a for a, b in zip(accuracy, accuracy[1:]))
-        values = ", ".join(f"{m} {100 * a:.1f}%" for m, a in zip(sequence, accuracy))
+    rm = read_json(run.reward_model)["models"]
+    sequence = [m for m in ["sft_baseline", "m1", "m2", "m3"] if m in rm]
+    if len(sequence) >= 2:
+        blind = [m for m in sequence if not rm[m].get("judge_health", {"informative": True})["informative"]]
+        accuracy = [rm[m]["metrics"]["pairwise_accuracy"] for m in sequence]
+        values = ", ".join(f"{m} {100 * a[0]:.1f}%" for m, a in zip(sequence, accuracy) if a[0] is not None)
+        if blind:
+            verdict = f"**judge uninformative** ({', '.join(blind)}: {rm[blind[0]]['judge_health']['why_not']})"
+        else:
+            verdict = _verdict(_rises([(a[0], a[1], a[2]) for a in accuracy]), True)
         lines.append(f"- **Reward-model pairwise accuracy** rises with each model in the paper (65.1 → 81.7%); "
-                     f"this run: {values} — {'agrees' if rising else 'differs'}.")
+                     f"this run: {values} — {verdict}.")
+    if run.human_preference.is_file():
+        hp = read_json(run.human_preference)["models"]
+        names = [m for m in ["m1", "m2", "m3"] if m in hp]
+        intervals = [hp[m]["length_normalised"] for m in names]
+        values = ", ".join(f"{m} {100 * iv['value']:.1f}% [{100 * iv['low']:.1f}, {100 * iv['high']:.1f}]"
+                           for m, iv in zip(names, intervals))
+        lines.append(f"- **Judge-free: self-rewarding moves the model toward what humans prefer** (implied by the "
+                     f"paper's gains): {values} — "
+                     f"{_verdict(_rises([(iv['value'], iv['low'], iv['high']) for iv in intervals]), True)}.")
+    if run.mt_bench.is_file():
+        mt = read_json(run.mt_bench)["models"]
+        names = [m for m in ["m1", "m2", "m3"] if m in mt and mt[m]["overall"]]
+        blind = [m for m in names if not mt[m]["judge_health"]["informative"]]
+        if blind:
+            verdict = f"**judge uninformative** ({mt[blind[0]]['judge_health']['why_not']})"
+        else:
+            verdict = _verdict(_rises([(mt[m]["overall"]["value"], mt[m]["overall"]["low"], mt[m]["overall"]["high"])
+                                       for m in names]), True)
+        values = ", ".join(f"{m} {mt[m]['overall']['value']:.2f}" for m in names)
+        lines.append(f"- **MT-Bench** rises from M1 to M3 in the paper (6.78 → 7.25); this run: {values} — {verdict}.")
     return "\n".join(lines) or "No comparisons were run."
+
+
+def _rises(intervals: list[tuple]) -> bool | None:
+    """True when the last model is above the first beyond both intervals, False when below, None when
+    the intervals overlap (or are missing)."""
+    (first, first_low, first_high), (last, last_low, last_high) = intervals[0], intervals[-1]
+    if None in (first, last, first_low, last_low):
+        return None
+    if last_low > first_high:
+        return True
+    if last_high < first_low:
+        return False
+    return None

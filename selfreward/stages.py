@@ -65,8 +65,15 @@ def plan(cfg: Config) -> list[Stage]:
             Stage("reward_model", "07_reward_model.ipynb", run_reward_model,
                   model_sections + ("generation", "judge", "evaluation"), ("data",) + trained,
                   lambda r: [r.reward_model, r.eval / "reward_model"]),
+            Stage("human_preference", "08_human_preference.ipynb", run_human_preference,
+                  model_sections + ("generation", "aift", "evaluation"), ("data",) + trained,
+                  lambda r: [r.human_preference]),
         ]
-        stages.append(Stage("results", "08_results.ipynb", run_results, (), tuple(s.name for s in stages),
+        if cfg.evaluation.mt_bench_questions:
+            stages.append(Stage("mt_bench", "09_mt_bench.ipynb", run_mt_bench,
+                                model_sections + ("generation", "evaluation"), ("data",) + trained,
+                                lambda r: [r.mt_bench, r.eval / "mt_bench"]))
+        stages.append(Stage("results", "10_results.ipynb", run_results, (), tuple(s.name for s in stages),
                             report=True))
     return stages
 
@@ -117,8 +124,10 @@ def run_data(cfg: Config, run: RunDir) -> dict:
     valid = data.first_turn_threads(data.load_oasst("validation", d))  # evaluation: no length caps
     eft_source, ift = data.split_eft_ift(train, d.eft_source_size, d.ift_size, cfg.seed)
     rm_eval = data.ranked_threads(valid, d.rm_eval_size, cfg.seed)
-    eval_prompts = data.eval_prompts(data.load_alpaca_eval(d), d.eval_prompts, cfg.seed,
-                                     exclude={t["prompt"] for t in train})
+    alpaca = data.load_alpaca_eval(d)
+    data.check_reference_generator(alpaca, d.alpaca_eval_generator, str(data.local_dir(d) or d.alpaca_eval_hub_id))
+    eval_prompts = data.eval_prompts(alpaca, d.eval_prompts, cfg.seed, exclude={t["prompt"] for t in train})
+    mt_bench = data.mt_bench_order(data.load_mt_bench(d), cfg.seed)
     for name, rows in [("IFT seed", ift), ("EFT source", eft_source), ("reward-model eval set", rm_eval),
                        ("eval prompts", eval_prompts)]:
         if not rows:
@@ -127,12 +136,13 @@ def run_data(cfg: Config, run: RunDir) -> dict:
     write_jsonl(run.eft_source, eft_source)
     write_jsonl(run.rm_eval, rm_eval)
     write_jsonl(run.eval_prompts, eval_prompts)
+    write_jsonl(run.mt_bench_questions, mt_bench)
     return {"source": str(data.local_dir(d) or d.oasst_hub_id),
             "train_prompts": len(train), "ift": len(ift), "eft_source_prompts": len(eft_source),
             "eft_ift_overlap": data.overlap(eft_source, ift),
             "eft_source_replies": sum(len(t["replies"]) for t in eft_source),
             "rm_eval_prompts": len(rm_eval), "rm_eval_replies": sum(len(t["replies"]) for t in rm_eval),
-            "eval_prompts": len(eval_prompts)}
+            "eval_prompts": len(eval_prompts), "mt_bench_questions": len(mt_bench)}
 
 
 def run_sft_baseline(cfg: Config, run: RunDir) -> dict:
@@ -261,12 +271,12 @@ def _evaluation_judge(cfg: Config, run: RunDir):
 
     e = cfg.evaluation
     if e.judge_model == "endpoint":
-        yield evaluation.EndpointPairwiseJudge(e.endpoint_base_url, e.endpoint_model, e.endpoint_api_key_env), \
+        yield evaluation.EndpointJudge(e.endpoint_base_url, e.endpoint_model, e.endpoint_api_key_env), \
             f"endpoint:{e.endpoint_model}"
         return
     name = f"base ({cfg.model.spec})" if e.judge_model == "base" else e.judge_model
     with loaded_backend(model_path(cfg, run, e.judge_model), cfg) as (backend, chat):
-        yield evaluation.LocalPairwiseJudge(backend, chat, e.judge_mode), f"{name}, {e.judge_mode}"
+        yield evaluation.LocalJudge(backend, chat, e.judge_mode), f"{name}, {e.judge_mode}"
 
 
 def run_evaluation(cfg: Config, run: RunDir) -> dict:
@@ -289,14 +299,21 @@ def run_evaluation(cfg: Config, run: RunDir) -> dict:
         pairs += [(name, "reference") for name in list(texts)]
         texts["reference"] = [p["reference"] for p in prompts]
     with _evaluation_judge(cfg, run) as (pairwise_judge, judge_name):
-        comparisons = evaluation.head_to_heads(pairwise_judge, instructions, texts, pairs)
-    write_json(run.head_to_head, {"judge": judge_name, "prompts": len(prompts), "comparisons": comparisons})
+        comparisons = evaluation.head_to_heads(pairwise_judge, instructions, texts, pairs,
+                                               cfg.evaluation.bootstrap_samples, cfg.seed)
+    for name in responses:
+        if f"{name} vs reference" in comparisons:
+            comparisons[f"{name} vs reference"]["length_split"] = evaluation.length_split(
+                comparisons[f"{name} vs reference"], texts[name], texts["reference"])
+    write_json(run.head_to_head, {"judge": judge_name, "prompts": len(prompts), "comparisons": comparisons,
+                                  "reference_generator": prompts[0].get("reference_generator")})
     summary = {key: f"{c['win']}/{c['tie']}/{c['loss']}" for key, c in comparisons.items()}
     return {"judge": judge_name, "eval_prompts": len(prompts), "tokens_generated": tokens, **summary}
 
 
 def run_reward_model(cfg: Config, run: RunDir) -> dict:
     """Every model judges the held-out OASST replies; metrics against the human ranks."""
+    from selfreward import evaluation
     from selfreward.generation import loaded_backend
     from selfreward.judging import ranked_rows
 
@@ -316,12 +333,67 @@ def run_reward_model(cfg: Config, run: RunDir) -> dict:
         write_jsonl(run.reward_model_scores(label), rows)
         table[label] = {"judge_prompt": prompt_cfg.prompt, "mode": rows[0]["mode"],
                         "scores_file": run.relative(run.reward_model_scores(label)),
+                        "judge_health": evaluation.score_judge_health(rows),
                         "metrics": metrics.bootstrap(rows, cfg.evaluation.bootstrap_samples, cfg.seed)}
     write_json(run.reward_model, {"prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
                                   "samples": judge_cfg.samples, "models": table})
     summary = {label: t["metrics"]["pairwise_accuracy"][0] for label, t in table.items()}
     return {"rm_prompts": len(threads), "tokens_generated": tokens,
             **{f"pairwise_accuracy {k}": v for k, v in summary.items()}}
+
+
+def run_human_preference(cfg: Config, run: RunDir) -> dict:
+    """Judge-free: how each model's log-likelihood orders the human-ranked OASST validation replies."""
+    from selfreward import evaluation
+    from selfreward.generation import loaded_backend
+
+    e = cfg.evaluation
+    threads = read_jsonl(run.rm_eval)
+    if e.hp_prompts:
+        threads = data.ranked_threads(threads, e.hp_prompts, cfg.seed)
+    names = run_models(cfg.iterations)
+    per_model = {}
+    for name in names:
+        with loaded_backend(str(run.model(name)), cfg) as (backend, chat):
+            per_model[name] = evaluation.reply_logprobs(backend, chat, threads, e.hp_max_reply_tokens,
+                                                         desc=f"log-likelihoods {name}")
+    # the implicit reward of a DPO-trained M_{t+1} is measured against M_t, the reference of its DPO
+    references = {f"m{t + 1}": f"m{t}" for t in range(1, cfg.iterations + 1)} if cfg.aift.objective == "dpo" else {}
+    models_ = evaluation.human_preference(per_model, references, e.bootstrap_samples, cfg.seed)
+    write_json(run.human_preference, {
+        "prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
+        "pairs": next(iter(models_.values()))["length_normalised"]["pairs"],
+        "max_reply_tokens": e.hp_max_reply_tokens, "models": models_,
+        "rows": {name: rows for name, rows in per_model.items()}})
+    return {"hp_prompts": len(threads), **{f"length_normalised {name}": round(m["length_normalised"]["value"], 4)
+                                            for name, m in models_.items()}}
+
+
+def run_mt_bench(cfg: Config, run: RunDir) -> dict:
+    """Both turns of the MT-Bench questions for every model, rated 1-10 by the evaluation judge."""
+    from selfreward import evaluation
+    from selfreward.generation import loaded_backend
+
+    e = cfg.evaluation
+    questions = read_jsonl(run.mt_bench_questions)[:e.mt_bench_questions]
+    answers, tokens = {}, 0
+    for name in run_models(cfg.iterations):
+        with loaded_backend(str(run.model(name)), cfg) as (backend, chat):
+            answers[name] = evaluation.mt_bench_answers(backend, chat, questions, e, cfg.seed, desc=f"MT-Bench {name}")
+        tokens += backend.tokens_generated
+    scores = {}
+    with _evaluation_judge(cfg, run) as (judge, judge_name):
+        for name, rows in answers.items():
+            exchanges = [(a["turns"][:turn + 1], a["answers"][:turn + 1]) for a in rows for turn in (0, 1)]
+            ratings = judge.ratings(exchanges)
+            for i, a in enumerate(rows):
+                a["ratings"] = [ratings[2 * i], ratings[2 * i + 1]]
+            write_jsonl(run.mt_bench_answers(name), rows)
+            scores[name] = evaluation.mt_bench_scores(rows, ratings, e.bootstrap_samples, cfg.seed)
+    write_json(run.mt_bench, {"judge": judge_name, "questions": len(questions), "models": scores})
+    return {"questions": len(questions), "tokens_generated": tokens,
+            **{f"overall {name}": None if s["overall"] is None else round(s["overall"]["value"], 3)
+               for name, s in scores.items()}}
 
 
 def run_results(cfg: Config, run: RunDir) -> dict:

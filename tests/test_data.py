@@ -55,7 +55,8 @@ def test_eval_prompts_exclude_training_prompts():
     alpaca = [{"instruction": "How do  plants GROW?", "dataset": "x", "output": "ref"},
               {"instruction": "Write a limerick.", "dataset": "y", "output": "ref2"}]
     rows = data.eval_prompts(alpaca, 10, seed=0, exclude={"How do plants grow?"})
-    assert rows == [{"instruction": "Write a limerick.", "dataset": "y", "reference": "ref2"}]
+    assert rows == [{"instruction": "Write a limerick.", "dataset": "y", "reference": "ref2",
+                     "reference_generator": None}]
 
 
 def test_mirror_loading_and_missing_paths(tmp_path):
@@ -81,3 +82,32 @@ def test_source_order_params_then_env_then_mirror_beside_checkout_then_hub(tmp_p
     assert data.local_dir(DataConfig()) == other
     monkeypatch.setattr(data, "MIRROR_BESIDE_CHECKOUT", tmp_path / "absent")
     assert data.local_dir(DataConfig()) is None  # then the hub
+
+
+def test_eft_source_and_ift_seed_never_share_a_prompt():
+    threads = data.first_turn_threads(TRAIN)
+    duplicate = dict(threads[0], prompt_id="copy")  # the same prompt text in another tree
+    eft_source, ift = data.split_eft_ift(threads + [duplicate], eft_size=1, ift_size=100, seed=0)
+    assert len(eft_source) == 1 and data.overlap(eft_source, ift) == 0 and data.overlap(ift, eft_source) == 0
+    assert {e["prompt_id"] for e in ift} | {eft_source[0]["prompt_id"]} <= {"p1", "p3", "p5", "copy"}
+    assert data.split_eft_ift(threads, 1, 100, seed=0) == data.split_eft_ift(threads, 1, 100, seed=0)  # seeded
+
+
+def test_mt_bench_order_spreads_categories_and_reference_generator_is_checked():
+    questions = [{"question_id": i, "category": c, "turns": ["q", "r"]} for i, c in enumerate("aaabbbccc")]
+    order = data.mt_bench_order(questions, seed=0)
+    assert sorted(q["question_id"] for q in order) == list(range(9))
+    assert [q["category"] for q in order[:3]] == ["a", "b", "c"]  # any first N cover the categories evenly
+    data.check_reference_generator([{"generator": "gpt4_1106_preview"}], "gpt4_1106_preview", "here")
+    with pytest.raises(data.DataError, match="come from gpt4, not gpt4_1106_preview"):
+        data.check_reference_generator([{"generator": "gpt4"}], "gpt4_1106_preview", "the hub")
+
+
+def test_a_corrupt_data_line_is_named(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"message_id": "a", "parent_id": null, "role": "prompter", "text": "x"}\n{"message_id": \n')
+    with pytest.raises(data.DataError, match=f"{path} line 2: not valid JSON"):
+        data.read_jsonl_rows(path, data.OASST_FIELDS)
+    path.write_text('{"message_id": "a"}\n')
+    with pytest.raises(data.DataError, match="line 1: missing field 'parent_id'"):
+        data.read_jsonl_rows(path, data.OASST_FIELDS)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli
-from selfreward.evaluation import EndpointPairwiseJudge, EvaluationError
+from selfreward.evaluation import EndpointJudge, EvaluationError
 
 NO_EVAL = ("--no-book", "--set", "evaluation.enabled=false")
 
@@ -309,7 +309,7 @@ def test_a_redirecting_endpoint_never_receives_the_key_elsewhere(monkeypatch):
     _Redirect.target = f"http://localhost:{collector.server_port}/v1/chat/completions"  # another origin
     redirect = _serve(_Redirect)
     monkeypatch.setenv("JUDGE_KEY", "sk-TEST-SECRET-123")
-    judge = EndpointPairwiseJudge(f"http://127.0.0.1:{redirect.server_port}/v1", "m", "JUDGE_KEY", backoff=0)
+    judge = EndpointJudge(f"http://127.0.0.1:{redirect.server_port}/v1", "m", "JUDGE_KEY", backoff=0)
     try:
         with pytest.raises(EvaluationError) as err:
             judge.verdicts([("q", "a", "b")])
@@ -326,7 +326,7 @@ def test_an_endpoint_answering_garbage_is_retried_then_one_line(monkeypatch):
     url = f"http://127.0.0.1:{server.server_port}/v1"
     try:
         with pytest.raises(EvaluationError) as err:
-            EndpointPairwiseJudge(url, "m", "JUDGE_KEY", retries=2, backoff=0).verdicts([("q", "a", "b")])
+            EndpointJudge(url, "m", "JUDGE_KEY", retries=2, backoff=0).verdicts([("q", "a", "b")])
     finally:
         server.shutdown()
     assert str(err.value) == f"judge endpoint {url} failed after 3 tries: an answer that is not the expected JSON"

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from selfreward.judging import SCORE_OPTIONS
@@ -51,3 +52,20 @@ def test_option_probs_match_a_plain_forward_pass(tiny_backend):
         expected = logits.softmax(-1)[option_ids]
         assert torch.allclose(torch.tensor(probs), expected / expected.sum(), atol=1e-5)
         assert abs(mass - float(expected.sum())) < 1e-5 and abs(sum(probs) - 1) < 1e-5
+
+
+def test_continuation_logprobs_equal_a_full_forward(tiny_backend):
+    backend, chat = tiny_backend
+    items = [(chat.prompt("What is the capital of France?"), chat.completion("Paris, of course.")),
+             (chat.prompt("Sort a list"), chat.completion("Use sorted(items).")),
+             (chat.prompt("Sort a list"), chat.completion("No."))]
+    results = backend.continuation_logprobs(items)
+    truncated = backend.continuation_logprobs(items, max_tokens=2)
+    for (prefix, continuation), (total, count), (short, two) in zip(items, results, truncated):
+        start = len(backend.tokenizer(prefix).input_ids)
+        ids = backend.tokenizer(prefix + continuation).input_ids
+        with torch.no_grad():
+            logps = backend.model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+        per_token = logps[torch.arange(start - 1, len(ids) - 1), torch.tensor(ids[start:])]
+        assert count == len(ids) - start and total == pytest.approx(float(per_token.sum()), abs=1e-4)
+        assert two == 2 and short == pytest.approx(float(per_token[:2].sum()), abs=1e-4)

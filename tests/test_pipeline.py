@@ -10,7 +10,7 @@ from conftest import git_status, run_cli
 
 pytestmark = pytest.mark.slow
 TRAINING = ["data", "sft_baseline", "eft", "m1", "iteration_1", "iteration_2"]
-STAGES = TRAINING + ["evaluation", "reward_model", "results"]
+STAGES = TRAINING + ["evaluation", "reward_model", "human_preference", "mt_bench", "results"]
 
 
 def test_tiny_run_produces_every_model_dataset_and_manifest(tiny_run):
@@ -95,6 +95,19 @@ def test_evaluation_outputs_and_results_chapter(tiny_run):
                                             "m2 vs m1", "m3 vs m2", "m3 vs m1"]
     for c in h2h["comparisons"].values():
         assert c["win"] + c["tie"] + c["loss"] == c["n"] == 8 and 0 <= c["first_slot_rate"] <= 1
+        soft = c["soft_win_rate"]  # the constrained judge exposes probabilities: a position-debiased rate
+        assert soft["n"] == 8 and soft["low"] <= soft["value"] <= soft["high"]
+        assert c["judge_health"]["informative"] is False  # a random-init judge cannot see anything
+    assert h2h["reference_generator"] == "gpt4_1106_preview"
+    assert h2h["comparisons"]["m3 vs reference"]["length_split"]["reference_mean_chars"] > 0
+    hp = json.loads((run / "eval" / "human_preference.json").read_text())
+    assert set(hp["models"]) == {"sft_baseline", "m1", "m2", "m3"} and hp["pairs"] > 0
+    assert hp["models"]["m1"]["implicit_reward"] is None and hp["models"]["m3"]["reference"] == "m2"
+    assert all(0 <= m["length_normalised"]["value"] <= 1 for m in hp["models"].values())
+    assert 0 <= hp["models"]["m3"]["implicit_reward"]["value"] <= 1
+    mt = json.loads((run / "eval" / "mt_bench.json").read_text())
+    assert mt["questions"] == 4 and set(mt["models"]) == {"sft_baseline", "m1", "m2", "m3"}
+    assert all(1 <= m["overall"]["value"] <= 10 for m in mt["models"].values())
     rm = json.loads((run / "eval" / "reward_model.json").read_text())
     assert set(rm["models"]) == {"sft_baseline", "m1", "m2", "m3", "sft_baseline (multiple choice)"}
     for entry in rm["models"].values():
@@ -105,8 +118,14 @@ def test_evaluation_outputs_and_results_chapter(tiny_run):
     assert not [o for o in outputs if o.output_type == "error"]
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
     assert "m3 vs sft_baseline" in html and "pairwise accuracy" in html and "positive-only examples" in html
+    assert "Deviations" not in html and "judge prompt" in html  # the deviations table: aspect rows
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(figures) == 3  # win/tie/loss bars, reward-model metrics, score histograms
+    # win/tie/loss bars, human preference, reward-model metrics, MT-Bench, score histograms
+    assert len(figures) == 5
+    markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
+    # the tiny judge answers by position: every head-to-head trend says so, none "agrees"
+    assert markdown.count("judge uninformative") >= 6
+    assert not [line for line in markdown.splitlines() if " vs " in line and line.rstrip(".").endswith("agrees")]
 
 
 def test_book_is_built_in_the_run_folder_with_every_chapter(tiny_run):

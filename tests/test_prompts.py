@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from selfreward.prompts import (NearDuplicateIndex, check_prompt, cut_at_score, extract_new_prompt, judge_prompt,
+from selfreward.prompts import (NearDuplicateIndex, parse_rating, check_prompt, cut_at_score, extract_new_prompt, judge_prompt,
                                 judgment_with_score, parse_score, rouge_l, sample_shots, self_instruct_prompt)
 
 JUDGE_OUTPUTS = [
@@ -122,3 +122,18 @@ def test_parse_preference(text, expected):
     from selfreward.prompts import parse_preference
 
     assert parse_preference(text) == expected
+
+
+@pytest.mark.parametrize("text,rating", [
+    ("The answer is fine. Rating: [[7]]", 7.0),
+    ("Rating: [[ 10 ]]", 10.0),
+    ("[[8.5]]", 8.5),
+    ("Rating: 7", None),  # no brackets: not the asked form
+    ("[[7]] ... on reflection [[6]]", None),  # two different ratings
+    ("[[7]] and again [[7]]", 7.0),
+    ("Rating: [[0]]", None),  # out of 1-10
+    ("Rating: [[11]]", None),
+    ("", None),
+])
+def test_parse_rating_returns_none_when_unsure(text, rating):
+    assert parse_rating(text) == rating
