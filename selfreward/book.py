@@ -34,16 +34,61 @@ def chapters(run_dir) -> list[Path]:
     return [run.root / s["notebook"] for s in stages if s.get("status") == "done"]
 
 
-def _copy_for_book(source: Path, target: Path):
-    """Drop the empty parameters cell; fold the injected parameters (they record what ran) away."""
+def _copy_for_book(source: Path, target: Path, paths: dict[str, str]):
+    """A stage notebook as a chapter: the empty parameters cell dropped, the injected parameters (they record
+    what ran) folded away, and everything the stage printed (progress bars, warnings) gathered into one
+    collapsed log block at the end, after the chapter's tables and figures. Machine paths become
+    placeholders (`paths`: text to replace, in order)."""
     notebook = nbformat.read(source, as_version=4)
+    iteration = source.stem.split("_")[1] if source.stem.startswith("iteration_") else None
+    log = []
     for cell in notebook.cells:
+        if iteration and cell.cell_type == "markdown":  # "M_t" in an iteration chapter is a known model
+            t = int(iteration)
+            cell.source = cell.source.replace("M_{t+1}", f"M{t + 1}").replace("M_t", f"M{t}").replace(
+                "iteration:", f"iteration {t}:")
         tags = cell.metadata.setdefault("tags", [])
         if "parameters" in tags:
             tags.append("remove-cell")
         elif "injected-parameters" in tags:
             tags.append("hide-input")
+            cell.source = _scrub(cell.source, paths)
+        if cell.cell_type != "code":
+            continue
+        log += [output.text for output in cell.outputs if output.output_type == "stream"]
+        cell.outputs = [_scrub_output(output, paths) for output in cell.outputs if output.output_type != "stream"]
+    text = _scrub(_final_lines("".join(log)), paths)
+    if text.strip():
+        notebook.cells.append(nbformat.v4.new_markdown_cell("The stage's log (progress and warnings):"))
+        cell = nbformat.v4.new_code_cell("", metadata={"tags": ["remove-input", "hide-output"]})
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text)]
+        notebook.cells.append(cell)
     nbformat.write(notebook, target)
+
+
+def _final_lines(text: str) -> str:
+    """What a terminal would show: a progress bar redraws its line with \\r; keep each line's last state."""
+    lines = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
+    return "\n".join(line for i, line in enumerate(lines) if line.strip() or (i and lines[i - 1].strip()))
+
+
+def _scrub(text: str, paths: dict[str, str]) -> str:
+    for path, placeholder in paths.items():
+        text = text.replace(path, placeholder)
+    return text
+
+
+def _scrub_output(output, paths: dict[str, str]):
+    for mime, value in output.get("data", {}).items():
+        if isinstance(value, str) and mime.startswith("text"):
+            output["data"][mime] = _scrub(value, paths)
+    return output
+
+
+def machine_paths(run: RunDir) -> dict[str, str]:
+    """This machine's paths that a chapter would otherwise show, and what to show instead."""
+    return {str(run.root.resolve()): f"runs/{run.root.name}", sys.prefix: "<python>", str(Path.home()): "~",
+            str(BOOK.parent): "<checkout>"}
 
 
 def prepare(run_dir, book_dir=None) -> Path:
@@ -66,9 +111,11 @@ def prepare(run_dir, book_dir=None) -> Path:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir()
+    paths = machine_paths(run)
     for path in found:
-        _copy_for_book(path, target / path.name)
+        _copy_for_book(path, target / path.name, paths)
     shutil.copy2(run.manifest, target / "manifest.json")
+    write_text(target / "about.md", about(run))
     results = [p for p in found if p.stem == "results"]
     stages = [p for p in found if p not in results]
     parts = []
@@ -78,6 +125,18 @@ def prepare(run_dir, book_dir=None) -> Path:
     write_text(book_dir / "_toc.yml", yaml.safe_dump({"format": "jb-book", "root": "intro", "parts": parts},
                                                       sort_keys=False))
     return book_dir
+
+
+def about(run: RunDir) -> str:
+    """Which run, profile, model and machine the chapters of this book come from (shown in the intro)."""
+    from selfreward.report import hardware_line
+
+    manifest = read_json(run.manifest)
+    cfg = manifest["config"]
+    return (f"*The figures and chapters of this book come from the run **`{manifest['name']}`** (params "
+            f"`{manifest['params_file']}`{', overrides ' + ', '.join(manifest['overrides']) if manifest['overrides'] else ''}"
+            f"): M0 = `{cfg['model']['spec']}`, {cfg['iterations']} self-rewarding iterations, on "
+            f"{hardware_line(manifest['hardware'])}.*\n")
 
 
 def publish(run_dir) -> Path:
@@ -95,7 +154,11 @@ def publish(run_dir) -> Path:
 
 def build(run_dir, book_dir=None, strict: bool = True) -> Path:
     """Build HTML into `book_dir/_build/html` (default: the run's `book/`); with `strict`, warnings are errors."""
-    book_dir = prepare(run_dir, book_dir)
+    return jupyter_book(prepare(run_dir, book_dir), strict)
+
+
+def jupyter_book(book_dir: Path, strict: bool = True) -> Path:
+    """`jupyter-book build` of a prepared book folder; one-line BookError with the first warning on failure."""
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(book_dir), "--quiet"]
     if not Path(command[0]).exists():
         command[0] = shutil.which("jupyter-book") or ""
@@ -107,7 +170,8 @@ def build(run_dir, book_dir=None, strict: bool = True) -> Path:
     log = book_dir / "_build" / "build.log"
     write_text(log, result.stdout + result.stderr)
     if result.returncode != 0:
-        warnings = [line for line in (result.stdout + result.stderr).splitlines() if "WARNING" in line or "ERROR" in line]
+        warnings = [line for line in (result.stdout + result.stderr).splitlines()
+                    if any(word in line for word in ("WARNING", "ERROR", "CRITICAL"))]
         first = warnings[0] if warnings else "see the log"
         raise BookError(f"jupyter-book build failed ({first.strip()}); full log: {log}")
     return book_dir / "_build" / "html" / "index.html"

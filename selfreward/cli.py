@@ -4,6 +4,8 @@ selfreward run PARAMS [--out DIR] [--set key=value ...] [--force STAGE] [--from 
     the pipeline into DIR/<name> (default runs/<name>), then the run's book in DIR/<name>/book
 selfreward book PARAMS [--out DIR] [--set ...] [--publish]
     the book of a run; --publish makes a complete run the checkout's reference book (book/run/)
+selfreward compare RUN_DIR_A RUN_DIR_B [--book DIR]
+    a chapter with the params that differ and every headline metric side by side
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-book", action="store_true", help="do not build the book at the end")
     book.add_argument("--publish", action="store_true",
                       help="make this (complete) run the checkout's reference book, book/run/")
+    compare = commands.add_parser("compare", help="compare two runs: differing params, headline metrics")
+    compare.add_argument("run_a", help="a run folder (runs/<name>)")
+    compare.add_argument("run_b", help="another run folder")
+    compare.add_argument("--book", help="where to build the comparison (default: beside RUN_DIR_B)")
     return parser
 
 
@@ -41,9 +47,23 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM stops a run the way Ctrl-C does: the stage is marked interrupted
 
 
+def _compare(args) -> int:
+    from selfreward import compare
+    from selfreward.book import BookError
+
+    try:
+        print(f"comparison: {compare.build(args.run_a, args.run_b, args.book)}")
+    except BookError as err:
+        print(f"selfreward: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.command == "compare":
+        return _compare(args)
     try:
         cfg = load_config(args.params, args.overrides)
     except ConfigError as err:

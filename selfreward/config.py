@@ -182,8 +182,15 @@ class TrainConfig:
     # selected: the loss projects only response tokens through the output layer (training.token_logprobs);
     # trl: TRL's default head (every position on CPU, plus entropy/accuracy metrics), kept for comparison
     logprobs: Literal["selected", "trl"] = "selected"
+    # anything else of TRL's SFTConfig / DPOConfig, passed through (weight_decay, optim, max_grad_norm, ...)
+    trainer_args: dict = field(default_factory=dict)
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"  # an experiment tracker, where installed
+
+    TRL_CONFIG = "SFTConfig"
 
     def validate(self, key):
+        if self.trainer_args:
+            _check_trainer_args(self.trainer_args, self.TRL_CONFIG, key)
         _check(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
         _check(0 <= self.min_learning_rate <= self.learning_rate, f"{key}.min_learning_rate",
                "must be between 0 and learning_rate")
@@ -200,6 +207,8 @@ class DPOConfig(TrainConfig):
     learning_rate: float = 1e-6
     min_learning_rate: float = 1e-7
     beta: float = 0.1
+
+    TRL_CONFIG = "DPOConfig"
 
     def validate(self, key):
         super().validate(key)
@@ -293,6 +302,32 @@ def run_models(iterations: int) -> list[str]:
     return ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, iterations + 1)]
 
 
+# what selfreward sets from its own params (training._common_args and the trainers), and where to set it
+MANAGED_TRAINER_ARGS = {
+    "learning_rate": "learning_rate", "lr_scheduler_type": "min_learning_rate", "lr_scheduler_kwargs":
+    "min_learning_rate", "per_device_train_batch_size": "per_device_batch_size", "gradient_accumulation_steps":
+    "batch_size", "num_train_epochs": "epochs", "max_steps": "max_steps", "max_length": "max_length",
+    "warmup_steps": "warmup_ratio", "seed": "seed (top level)", "report_to": "report_to", "beta": "beta",
+    "bf16": "model.dtype", "fp16": "model.dtype", "use_cpu": "model.device", "output_dir": None,
+    "logging_steps": None, "save_strategy": None, "completion_only_loss": None, "packing": None,
+    "disable_dropout": "dropout", "precompute_ref_log_probs": None, "gradient_checkpointing": "model.device",
+}
+
+
+def _check_trainer_args(args: dict, trl_config: str, key: str):
+    """Every key a field of TRL's config, none of those selfreward sets from its own params."""
+    import trl  # only when there is something to check: importing TRL takes seconds
+
+    fields = {f.name for f in dataclasses.fields(getattr(trl, trl_config))}
+    for name in args:
+        _check(isinstance(name, str) and name in fields, f"{key}.trainer_args.{name}",
+               f"not a field of TRL's {trl_config}")
+        if name in MANAGED_TRAINER_ARGS:
+            where = MANAGED_TRAINER_ARGS[name]
+            hint = "" if where is None else f" from {where if '.' in where or ' ' in where else f'{key}.{where}'}"
+            raise ConfigError(f"{key}.trainer_args.{name}: set by selfreward{hint}; it cannot be passed through")
+
+
 def is_loopback(host: str | None) -> bool:
     if host == "localhost":
         return True
@@ -355,6 +390,11 @@ def _coerce(value, hint, key):
         return value
     if hint is str:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    if hint is dict:
+        value = {} if value is None else value
+        _check(isinstance(value, dict) and all(isinstance(k, str) for k in value), key,
+               f"expected a mapping of names to values, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported field type {hint}")
 

@@ -215,11 +215,21 @@ def _normalise(text: str) -> str:
 
 def eval_prompts(alpaca: list[dict], size: int, seed: int, exclude: set[str]) -> list[dict]:
     """AlpacaEval instructions (with the GPT-4 reference output) that appear nowhere in training data."""
+    return heldout_and_eval(alpaca, size, seed, exclude)[1]
+
+
+def heldout_and_eval(alpaca: list[dict], size: int, seed: int, exclude: set[str]) -> tuple[list[dict], list[dict]]:
+    """AlpacaEval instructions that appear nowhere in training data, split once by seed: `size` for the
+    evaluation, the rest held out (checkpoint selection), in a seeded order."""
     excluded = {_normalise(text) for text in exclude}
     rows = [{"instruction": a["instruction"], "dataset": a.get("dataset", ""), "reference": a.get("output", ""),
              "reference_generator": a.get("generator")}
             for a in alpaca if _normalise(a["instruction"]) not in excluded]
-    return _sample(rows, size, seed)
+    chosen = _sample(rows, size, seed)
+    taken = {r["instruction"] for r in chosen}
+    rest = [r for r in rows if r["instruction"] not in taken]
+    random.Random(seed).shuffle(rest)
+    return rest, chosen
 
 
 def _sample(rows: list, size: int, seed: int) -> list:

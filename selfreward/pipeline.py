@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -110,6 +111,10 @@ def preflight(cfg: Config, out_root: Path):
         references.append(e.judge_model)
     for spec in references:
         models.check_spec(spec)
+    for section in ("sft", "dpo"):
+        tracker = getattr(cfg, section).report_to
+        if tracker != "none" and importlib.util.find_spec(tracker) is None:
+            raise ConfigError(f"{section}.report_to: {tracker} is not installed here (pip install {tracker})")
     if e.enabled and e.judge_model == "endpoint" and not os.environ.get(e.endpoint_api_key_env):
         raise ConfigError(f"evaluation.judge_model: the endpoint judge needs an API key in the environment "
                           f"variable {e.endpoint_api_key_env}, which is not set")

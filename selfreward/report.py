@@ -227,11 +227,12 @@ def aift_statistics(run_dir) -> pd.DataFrame:
 
 
 def stage_times(run_dir) -> pd.DataFrame:
-    """Wall time and generated tokens of each stage, and their sum over the finished stages."""
+    """Wall time and generated tokens of each stage, and their sum over the finished stages. (The stage
+    rendering this table, still running, is left out.)"""
     manifest = read_json(RunDir(run_dir).manifest)
     rows = [{"stage": name, "status": e.get("status"), "minutes": round(e.get("duration_s", 0) / 60, 2),
              "tokens generated": e.get("counts", {}).get("tokens_generated")}
-            for name, e in manifest["stages"].items()]
+            for name, e in manifest["stages"].items() if e.get("status") != "running"]
     done = [r for r in rows if r["status"] == "done"]
     rows.append({"stage": "all finished stages", "status": f"{len(done)} done",
                  "minutes": round(sum(r["minutes"] for r in done), 2),

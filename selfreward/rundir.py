@@ -87,6 +87,11 @@ class RunDir:
     def mt_bench_questions(self) -> Path:
         return self.data / "mt_bench_questions.jsonl"
 
+    @property
+    def heldout_prompts(self) -> Path:
+        """AlpacaEval instructions used neither for training nor for evaluation (checkpoint selection)."""
+        return self.data / "heldout_prompts.jsonl"
+
     def model(self, name: str) -> Path:
         return self.root / "models" / name
 
@@ -120,6 +125,10 @@ class RunDir:
 
     def checkpoint_selection(self, t: int) -> Path:
         return self.aift(t) / "checkpoint_selection.json"
+
+    def checkpoints(self, t: int) -> Path:
+        """The saved training checkpoints of M_{t+1} (checkpoint selection), kept until the choice is made."""
+        return self.aift(t) / "checkpoints"
 
     # ------------------------------------------------------------ evaluation
     @property

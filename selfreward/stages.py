@@ -57,6 +57,8 @@ def plan(cfg: Config) -> list[Stage]:
             model_sections + ("generation", "self_instruct", "candidates", "judge", "aift", "dpo", "sft"),
             ("data", "m1" if t == 1 else f"iteration_{t - 1}"),
             functools.partial(lambda r, t: [r.aift(t), r.model(f"m{t + 1}")], t=t), iteration=t))
+        if cfg.aift.select_every_steps:  # checkpoint selection judges with the evaluation judge
+            stages[-1] = dataclasses.replace(stages[-1], sections=stages[-1].sections + ("evaluation",))
     if cfg.evaluation.enabled:
         trained = tuple(s.name for s in stages if s.name not in ("data", "eft"))
         stages += [
@@ -126,7 +128,7 @@ def run_data(cfg: Config, run: RunDir) -> dict:
     rm_eval = data.ranked_threads(valid, d.rm_eval_size, cfg.seed)
     alpaca = data.load_alpaca_eval(d)
     data.check_reference_generator(alpaca, d.alpaca_eval_generator, str(data.local_dir(d) or d.alpaca_eval_hub_id))
-    eval_prompts = data.eval_prompts(alpaca, d.eval_prompts, cfg.seed, exclude={t["prompt"] for t in train})
+    heldout, eval_prompts = data.heldout_and_eval(alpaca, d.eval_prompts, cfg.seed, exclude={t["prompt"] for t in train})
     mt_bench = data.mt_bench_order(data.load_mt_bench(d), cfg.seed)
     for name, rows in [("IFT seed", ift), ("EFT source", eft_source), ("reward-model eval set", rm_eval),
                        ("eval prompts", eval_prompts)]:
@@ -136,13 +138,14 @@ def run_data(cfg: Config, run: RunDir) -> dict:
     write_jsonl(run.eft_source, eft_source)
     write_jsonl(run.rm_eval, rm_eval)
     write_jsonl(run.eval_prompts, eval_prompts)
+    write_jsonl(run.heldout_prompts, heldout)
     write_jsonl(run.mt_bench_questions, mt_bench)
     return {"source": str(data.local_dir(d) or d.oasst_hub_id),
             "train_prompts": len(train), "ift": len(ift), "eft_source_prompts": len(eft_source),
             "eft_ift_overlap": data.overlap(eft_source, ift),
             "eft_source_replies": sum(len(t["replies"]) for t in eft_source),
             "rm_eval_prompts": len(rm_eval), "rm_eval_replies": sum(len(t["replies"]) for t in rm_eval),
-            "eval_prompts": len(eval_prompts), "mt_bench_questions": len(mt_bench)}
+            "eval_prompts": len(eval_prompts), "heldout_prompts": len(heldout), "mt_bench_questions": len(mt_bench)}
 
 
 def run_sft_baseline(cfg: Config, run: RunDir) -> dict:
@@ -244,13 +247,66 @@ def run_iteration(cfg: Config, run: RunDir, iteration: int) -> dict:
 
 
 def train_next_model(cfg: Config, run: RunDir, t: int, pairs: list[dict], positives: list[dict], seed: int) -> dict:
-    """M_{t+1} from M_t: DPO on AIFT(M_t)'s pairs, or SFT on its positive examples."""
+    """M_{t+1} from M_t: DPO on AIFT(M_t)'s pairs, or SFT on its positive examples; with checkpoint
+    selection, the saved checkpoint whose answers win most against M_t's."""
+    import shutil
+
     from selfreward import training
 
     current, target = str(run.model(f"m{t}")), run.model(f"m{t + 1}")
+    selection = {"checkpoint_dir": run.checkpoints(t), "checkpoint_every": cfg.aift.select_every_steps} \
+        if cfg.aift.select_every_steps else {}
+    shutil.rmtree(run.checkpoints(t), ignore_errors=True)
     if cfg.aift.objective == "sft_positive":
-        return training.sft(current, target, positives, cfg.sft, cfg.model, seed)
-    return training.dpo(current, target, pairs, cfg.dpo, cfg.model, seed)
+        summary = training.sft(current, target, positives, cfg.sft, cfg.model, seed, **selection)
+    else:
+        summary = training.dpo(current, target, pairs, cfg.dpo, cfg.model, seed, **selection)
+    if selection:
+        summary["selected_step"] = select_checkpoint(cfg, run, t, summary.pop("checkpoints"), summary["steps"])
+        shutil.rmtree(run.checkpoints(t), ignore_errors=True)
+    return summary
+
+
+def select_checkpoint(cfg: Config, run: RunDir, t: int, checkpoints: list[str], last_step: int) -> int:
+    """As the paper: every saved checkpoint (and the last step) answers `aift.select_prompts` held-out
+    prompts, the evaluation judge compares each with M_t on them (both orders), and the checkpoint with the
+    highest win rate (ties 1/2; then the later one) becomes M_{t+1}. Writes checkpoint_selection.json."""
+    import shutil
+
+    from selfreward import evaluation, training
+    from selfreward.generation import loaded_backend
+
+    current, target = str(run.model(f"m{t}")), run.model(f"m{t + 1}")
+    prompts = [p["instruction"] for p in read_jsonl(run.heldout_prompts)[:cfg.aift.select_prompts]]
+    candidates = {}
+    for checkpoint in checkpoints:
+        step = int(checkpoint.rsplit("-", 1)[1])
+        if step != last_step:  # the last step is the trained model itself
+            folder = run.checkpoints(t) / f"model-{step}"
+            training.materialize_checkpoint(checkpoint, current, folder, cfg.model)
+            candidates[step] = str(folder)
+    candidates[last_step] = str(target)
+    answers = {}
+    for name, path in [("m_t", current)] + [(f"step {step}", path) for step, path in candidates.items()]:
+        with loaded_backend(path, cfg) as (backend, chat):
+            answers[name] = [r["response"] for r in evaluation.generate_responses(
+                backend, chat, prompts, cfg.evaluation, cfg.seed, desc=f"checkpoint selection: {name}")]
+    with _evaluation_judge(cfg, run) as (judge, judge_name):
+        results = evaluation.head_to_heads(judge, prompts, answers, [(f"step {s}", "m_t") for s in candidates],
+                                           cfg.evaluation.bootstrap_samples, cfg.seed)
+    rates = {step: results[f"step {step} vs m_t"]["win_rate"] for step in candidates}
+    chosen = max(rates, key=lambda step: (rates[step], step))
+    write_json(run.checkpoint_selection(t), {
+        "judge": judge_name, "prompts": len(prompts), "chosen_step": chosen,
+        "checkpoints": [{"step": step, "win_rate_vs_m_t": rates[step],
+                         "win_tie_loss": [results[f"step {step} vs m_t"][k] for k in ("win", "tie", "loss")],
+                         "soft_win_rate": results[f"step {step} vs m_t"]["soft_win_rate"]} for step in candidates]})
+    if chosen != last_step:
+        state = target / "trainer_state.json"  # the curves of the whole training stay with the chosen model
+        shutil.copy2(state, Path(candidates[chosen]) / "trainer_state.json")
+        shutil.rmtree(target)
+        shutil.move(candidates[chosen], target)
+    return chosen
 
 
 def _prefixed(prefix: str, summary: dict) -> dict:

@@ -6,8 +6,10 @@ model sequence SFT baseline -> M1 -> M2 -> M3 is a chain of ordinary checkpoints
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +40,14 @@ def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
         max_length=train_cfg.max_length,
         logging_steps=1,
         save_strategy="no",
-        report_to="none",
+        report_to=train_cfg.report_to,
         seed=seed,
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         use_cpu=on_cpu,
         gradient_checkpointing=not on_cpu,  # CPU runs are small; recomputation only costs time there
         dataloader_num_workers=0,
+        **train_cfg.trainer_args,  # checked when the params were loaded: TRL fields that selfreward does not set
     )
 
 
@@ -263,9 +266,9 @@ def sft_trainer(model_dir: str, examples: list[dict], train_cfg, model_cfg, outp
                     tokenizer, peft_config)
 
 
-def sft(model_dir: str, out_dir, examples: list[dict], train_cfg, model_cfg, seed: int = 0) -> dict:
+def sft(model_dir: str, out_dir, examples: list[dict], train_cfg, model_cfg, seed: int = 0, **checkpoints) -> dict:
     """Supervised fine-tuning on {prompt, response} examples; returns the training log summary."""
-    return _train(sft_trainer, model_dir, out_dir, examples, train_cfg, model_cfg, seed)
+    return _train(sft_trainer, model_dir, out_dir, examples, train_cfg, model_cfg, seed, **checkpoints)
 
 
 def dpo_trainer(model_dir: str, pairs: list[dict], train_cfg, model_cfg, output_dir: str, seed: int = 0):
@@ -284,16 +287,39 @@ def dpo_trainer(model_dir: str, pairs: list[dict], train_cfg, model_cfg, output_
                     tokenizer, peft_config)
 
 
-def dpo(model_dir: str, out_dir, pairs: list[dict], train_cfg, model_cfg, seed: int = 0) -> dict:
+def dpo(model_dir: str, out_dir, pairs: list[dict], train_cfg, model_cfg, seed: int = 0, **checkpoints) -> dict:
     """DPO on {prompt, chosen, rejected} pairs; returns the training log summary."""
-    return _train(dpo_trainer, model_dir, out_dir, pairs, train_cfg, model_cfg, seed)
+    return _train(dpo_trainer, model_dir, out_dir, pairs, train_cfg, model_cfg, seed, **checkpoints)
 
 
-def _train(make_trainer, model_dir: str, out_dir, rows: list[dict], train_cfg, model_cfg, seed: int) -> dict:
+def _train(make_trainer, model_dir: str, out_dir, rows: list[dict], train_cfg, model_cfg, seed: int,
+           checkpoint_dir=None, checkpoint_every: int = 0) -> dict:
+    """Train and save the final model (adapters merged) into `out_dir`. With `checkpoint_every`, the model
+    is also saved every that many steps into `checkpoint_dir/checkpoint-<step>` (LoRA: the adapter only;
+    see `materialize_checkpoint`), and the summary lists them."""
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = make_trainer(model_dir, rows, train_cfg, model_cfg, scratch, seed)
+        trainer = make_trainer(model_dir, rows, train_cfg, model_cfg, str(checkpoint_dir or scratch), seed)
+        if checkpoint_every:
+            trainer.args.save_strategy, trainer.args.save_steps, trainer.args.save_only_model = \
+                "steps", checkpoint_every, True
         trainer.train()
-    return _finish(trainer, trainer.processing_class, out_dir, len(rows))
+    summary = _finish(trainer, trainer.processing_class, out_dir, len(rows))
+    if checkpoint_every:
+        summary["checkpoints"] = sorted((str(p) for p in Path(checkpoint_dir).glob("checkpoint-*")),
+                                        key=lambda p: int(p.rsplit("-", 1)[1]))
+    return summary
+
+
+def materialize_checkpoint(checkpoint: str, base_dir: str, out_dir, model_cfg):
+    """A training checkpoint as a plain model folder: a LoRA checkpoint's adapter merged into its base."""
+    from peft import PeftModel
+
+    tokenizer = load_tokenizer(base_dir)
+    if not (Path(checkpoint) / "adapter_config.json").is_file():  # full fine-tuning: already a model
+        save_model(load_model(checkpoint, dtype=model_cfg.dtype, device=model_cfg.device), tokenizer, out_dir)
+        return
+    base = load_model(base_dir, dtype=model_cfg.dtype, device=model_cfg.device)
+    save_model(PeftModel.from_pretrained(base, checkpoint), tokenizer, out_dir)
 
 
 class SimilarLengthSampler(torch.utils.data.Sampler):
@@ -352,6 +378,6 @@ def _finish(trainer, tokenizer, out_dir, num_examples: int) -> dict:
                "steps": trainer.state.global_step,
                "first_loss": history[0]["loss"] if history else None,
                "final_loss": history[-1]["loss"] if history else None}
-    save_model(trainer.model, tokenizer, out_dir,
-               extra_json={"train_log.json": {"summary": summary, "log_history": trainer.state.log_history}})
+    # the Trainer's own state file (log_history: one entry per logged step) travels with the model
+    save_model(trainer.model, tokenizer, out_dir, extra_json={"trainer_state.json": dataclasses.asdict(trainer.state)})
     return summary

@@ -78,8 +78,10 @@ def run_cli(out: Path, cache: Path, *args: str, command: str = "run", env: dict 
     return subprocess.run(argv, capture_output=True, text=True, env=environment, cwd=REPO)
 
 
-def git_status() -> str:
-    return subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO).stdout
+def git_status(path: str = "book") -> str:
+    """The checkout's git status below `path` (the committed reference book by default)."""
+    return subprocess.run(["git", "status", "--porcelain", "--", path], capture_output=True, text=True,
+                          cwd=REPO).stdout
 
 
 @pytest.fixture(scope="session")

@@ -73,3 +73,30 @@ def test_cli_reports_bad_params_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "sft.lr: unknown key" in result.stderr
     assert not (tmp_path / "run").exists()  # nothing written for a rejected config
+
+
+def test_trainer_args_pass_through_to_trl_and_unknown_or_managed_names_are_refused(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("sft:\n  trainer_args:\n    weight_decay: 0.1\n    max_grad_norm: 0.5\n  report_to: tensorboard\n")
+    cfg = load_config(path)
+    assert cfg.sft.trainer_args == {"weight_decay": 0.1, "max_grad_norm": 0.5} and cfg.sft.report_to == "tensorboard"
+    for text, message in [("sft:\n  trainer_args:\n    wieght_decay: 0.1\n",
+                           "sft.trainer_args.wieght_decay: not a field of TRL's SFTConfig"),
+                          ("dpo:\n  trainer_args:\n    learning_rate: 1.0\n",
+                           "dpo.trainer_args.learning_rate: set by selfreward from dpo.learning_rate"),
+                          ("dpo:\n  trainer_args:\n    rpo_alpha: 0.5\n  report_to: mlflow\n",
+                           "dpo.report_to: expected one of none, tensorboard, wandb")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("'", ".")):
+            load_config(path)
+
+
+def test_trainer_args_reach_the_trainer(tiny_model_dir, tmp_path):
+    from selfreward.config import ModelConfig, TrainConfig
+    from selfreward.training import sft_trainer
+
+    cfg = TrainConfig(batch_size=2, per_device_batch_size=2, max_length=64,
+                      trainer_args={"weight_decay": 0.05, "max_grad_norm": 0.25})
+    trainer = sft_trainer(tiny_model_dir, [{"prompt": "a", "response": "b"}] * 2, cfg,
+                          ModelConfig(spec="tiny", dtype="float32", finetune="full", device="cpu"), str(tmp_path))
+    assert trainer.args.weight_decay == 0.05 and trainer.args.max_grad_norm == 0.25

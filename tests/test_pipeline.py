@@ -2,6 +2,7 @@
 import json
 import shutil
 import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -120,8 +121,8 @@ def test_evaluation_outputs_and_results_chapter(tiny_run):
     assert "m3 vs sft_baseline" in html and "pairwise accuracy" in html and "positive-only examples" in html
     assert "Deviations" not in html and "judge prompt" in html  # the deviations table: aspect rows
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
-    # win/tie/loss bars, human preference, reward-model metrics, MT-Bench, score histograms
-    assert len(figures) == 5
+    # win/tie/loss bars, human preference, reward-model metrics, MT-Bench, score histograms, judge health, lengths
+    assert len(figures) == 7
     markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     # the tiny judge answers by position: every head-to-head trend says so, none "agrees"
     assert markdown.count("judge uninformative") >= 6
@@ -136,28 +137,87 @@ def test_book_is_built_in_the_run_folder_with_every_chapter(tiny_run):
     pages = sorted(p.name for p in (html / "run").glob("*.html"))
     assert pages == sorted(f"{name}.html" for name in STAGES)
     results = (html / "run" / "results.html").read_text()
-    assert results.count("<table") >= 6 and results.count("<img") >= 3
+    assert results.count("<table") >= 10 and results.count("<img") >= 7
     assert "Traceback" not in results
 
 
-def test_a_real_browser_renders_the_results_page(tiny_run, tmp_path):
-    """Headless Chromium opens the built results page; the screenshot shows tables and figures."""
+@pytest.mark.parametrize("page,texts,tables,images", [
+    ("results", ["Head-to-head instruction following", "What the models wrote", "Deviations from the paper"], 10, 7),
+    ("iteration_1", ["One prompt", "How the self-judge behaved", "Training M2"], 5, 1),
+])
+def test_a_real_browser_renders_the_chapters(tiny_run, tmp_path, page, texts, tables, images):
+    """Headless Chromium opens a built chapter; its DOM has the tables and figures, and the screenshot shows
+    them (coloured plot pixels appear only if the images rendered)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.fail("Chromium is needed for this test: apt-get install chromium (.ci/run does)")
     root, _, _ = tiny_run
-    page = (root / "runs" / "tiny" / "book" / "_build" / "html" / "run" / "results.html").as_uri()
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,5000"]
-    shot = tmp_path / "results.png"
-    subprocess.run(flags + [f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True)
-    dom = subprocess.run(flags + ["--dump-dom", page], capture_output=True, text=True, timeout=120, check=True).stdout
-    assert dom.count("<table") >= 6 and dom.count("<img") >= 3 and "Head-to-head instruction following" in dom
+    url = (root / "runs" / "tiny" / "book" / "_build" / "html" / "run" / f"{page}.html").as_uri()
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,6000",
+             "--disable-background-networking", "--no-first-run"]
+    shot = tmp_path / f"{page}.png"
+    subprocess.run(flags + [f"--screenshot={shot}", url], capture_output=True, timeout=120, check=True)
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert dom.count("<table") >= tables and dom.count("<img") >= images
+    assert all(text in dom for text in texts)
     from PIL import Image
 
     image = Image.open(shot).convert("RGB")
-    assert image.size == (1280, 5000)
-    # the figures' coloured bars: green (wins) and red (losses) pixels appear only if the images rendered
-    small = image.resize((320, 1250))
-    colours = set(small.getdata())
-    assert any(g > 120 and r < 110 and b < 110 for r, g, b in colours), "no green bars rendered"
+    assert image.size == (1280, 6000)
+    colours = set(image.resize((320, 1500)).getdata())
+    # matplotlib's default blue and orange lines and bars
+    assert any(b > 150 and r < 90 and 90 < g < 150 for r, g, b in colours), "no plot rendered"
     assert len(colours) > 500
+
+
+def test_compare_two_runs_that_differ_in_one_param(tiny_run):
+    root, _, _ = tiny_run
+    out = root / "beta"
+    shutil.copytree(root / "runs", out, ignore=shutil.ignore_patterns("book"))
+    changed = run_cli(out, root / "cache", "--no-book", "--set", "dpo.beta=0.2")
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert "[m1] unchanged, skipped" in changed.stdout and "[iteration_1] running" in changed.stdout
+    result = subprocess.run([sys.executable, "-m", "selfreward.cli", "compare", str(root / "runs" / "tiny"),
+                             str(out / "tiny"), "--book", str(root / "comparison")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    html = (root / "comparison" / "_build" / "html" / "comparison.html").read_text()
+    diff = html[html.index('id="params-that-differ"'):html.index('id="headline-metrics"')]
+    assert diff.count("<tr") == 3 and "dpo.beta" in diff  # two header rows (pandas) and the one param
+    metrics = html[html.index('id="headline-metrics"'):]
+    for metric in ("m3 vs sft_baseline: soft win rate %", "human preference m3: likelihood %",
+                   "MT-Bench m3: overall", "reward model m1: pairwise accuracy %", "iteration_1: preference pairs"):
+        assert metric in metrics
+
+
+def test_every_chapter_has_its_figures_and_at_most_one_log_block(tiny_run):
+    root, _, _ = tiny_run
+    pages = root / "runs" / "tiny" / "book" / "_build" / "html" / "run"
+    for page in pages.glob("*.html"):
+        html = page.read_text()
+        assert html.count("The stage’s log") + html.count("The stage's log") <= 1, page.name
+        assert "/tmp/" not in html and "site-packages" not in html, page.name  # no machine paths shown
+    for chapter in ("sft_baseline", "m1", "iteration_1", "iteration_2"):
+        assert (pages / f"{chapter}.html").read_text().count("<img") >= 1, chapter  # training curves
+    iteration = (pages / "iteration_1.html").read_text()
+    assert "Self-rewarding iteration 1" in iteration and "One prompt" in iteration and "How the self-judge" in iteration
+    results = (pages / "results.html").read_text()
+    assert "What the models wrote" in results and "The self-judge across iterations" in results
+    assert "Deviations from the paper" in results
+
+
+def test_checkpoint_selection_keeps_the_checkpoint_that_wins_most(tiny_run):
+    root, _, _ = tiny_run
+    out = root / "selection"
+    shutil.copytree(root / "runs", out, ignore=shutil.ignore_patterns("book"))
+    result = run_cli(out, root / "cache", "--no-book", "--set", "aift.select_every_steps=1", "--set",
+                     "aift.select_prompts=3", "--set", "evaluation.enabled=false", "--set", "iterations=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = out / "tiny"
+    selection = json.loads((run / "aift" / "m1" / "checkpoint_selection.json").read_text())
+    steps = [c["step"] for c in selection["checkpoints"]]
+    assert steps == [1, 2] and selection["prompts"] == 3 and selection["chosen_step"] in steps
+    best = max(selection["checkpoints"], key=lambda c: (c["win_rate_vs_m_t"], c["step"]))
+    assert selection["chosen_step"] == best["step"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["iteration_1"]["counts"]["train_selected_step"] == best["step"]
+    assert (run / "models" / "m2" / "model.safetensors").is_file() and not (run / "aift" / "m1" / "checkpoints").exists()

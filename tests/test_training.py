@@ -25,7 +25,7 @@ def test_sft_trains_and_saves_a_plain_checkpoint(tiny_model_dir, tmp_path):
     assert summary["final_loss"] < summary["first_loss"]
     before, after = _weights(tiny_model_dir), _weights(str(tmp_path / "sft"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    log = json.loads((tmp_path / "sft" / "train_log.json").read_text())
+    log = json.loads((tmp_path / "sft" / "trainer_state.json").read_text())
     lrs = [h["learning_rate"] for h in log["log_history"] if "learning_rate" in h]
     assert lrs[0] > lrs[-1] >= cfg.min_learning_rate  # cosine decay to the floor
 

@@ -1,0 +1,199 @@
+"""What the stage chapters show beyond their counts: training curves, what the models wrote, and how
+the judge behaved in each iteration. (The results chapter's tables are in `report`.)"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from selfreward.config import run_models
+from selfreward.io import read_json, read_jsonl
+from selfreward.rundir import RunDir
+
+DPO_CURVES = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
+SFT_CURVES = ["loss", "learning_rate"]
+ONE_SCORE_ALARM = 0.8  # a judge giving one (rounded) score to more than this share of candidates: "always 4"
+
+
+# ---------------------------------------------------------------- training
+
+def training_log(run_dir, model: str) -> list[dict]:
+    """The per-step log of the training that produced `model` (its standard trainer_state.json)."""
+    state = read_json(RunDir(run_dir).model(model) / "trainer_state.json")
+    return [h for h in state["log_history"] if "loss" in h]
+
+
+def plot_training(run_dir, model: str):
+    """Loss and learning rate (SFT), or loss, rewards, margins and accuracies (DPO), per step."""
+    log = training_log(run_dir, model)
+    curves = DPO_CURVES if any("rewards/margins" in h for h in log) else SFT_CURVES
+    fig, axes = plt.subplots(1, len(curves), figsize=(2.6 * len(curves) + 1, 2.6))
+    for ax, key in zip(axes, curves):
+        points = [(h["step"], h[key]) for h in log if key in h]
+        if points:
+            ax.plot(*zip(*points), marker="o", markersize=3)
+        ax.set_title(key.replace("rewards/", "reward "), fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"Training of {model}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def training_summary(run_dir, model: str) -> pd.DataFrame:
+    """First and last logged values of each curve."""
+    log = training_log(run_dir, model)
+    keys = [k for k in DPO_CURVES + SFT_CURVES + ["grad_norm"] if any(k in h for h in log)]
+    rows = []
+    for key in dict.fromkeys(keys):
+        values = [h[key] for h in log if key in h]
+        rows.append({"curve": key, "first step": values[0], "last step": values[-1], "steps": len(values)})
+    return pd.DataFrame(rows).set_index("curve")
+
+
+# ---------------------------------------------------------------- an iteration
+
+def generated_prompts(run_dir, iteration: int, count: int = 4) -> pd.DataFrame:
+    """Some of the prompts M_t's prompt model wrote: kept ones, and dropped ones with the filter that dropped
+    them."""
+    records = read_jsonl(RunDir(run_dir).aift_prompts(iteration))
+    kept = [r for r in records if r["kept"]][:count]
+    dropped = [r for r in records if not r["kept"]][:count]
+    return pd.DataFrame([{"prompt": r["prompt"][:300], "verdict": r["reason"],
+                          "most similar seed (ROUGE-L)": r["similarity"]} for r in kept + dropped])
+
+
+def candidate_set(run_dir, iteration: int) -> tuple[str, pd.DataFrame]:
+    """One prompt of AIFT(M_t) that yielded a pair: its candidates, their judgments and scores, and which
+    became chosen and rejected."""
+    run = RunDir(run_dir)
+    pairs = {p["prompt"]: p for p in read_jsonl(run.pairs(iteration))} if run.pairs(iteration).is_file() else {}
+    records = read_jsonl(run.candidates(iteration))
+    record = next((r for r in records if r["prompt"] in pairs), records[0])
+    pair = pairs.get(record["prompt"], {})
+    rows = []
+    for c in record["candidates"]:
+        role = "chosen" if c["response"] == pair.get("chosen") else "rejected" if c["response"] == pair.get(
+            "rejected") else ""
+        rows.append({"candidate": c["response"][:400], "score": c["score"],
+                     "judgments": " | ".join(f"{j['score']:.2f}" if j["score"] is not None else "unreadable"
+                                             for j in c["judge"]["judgments"]),
+                     "first judgment's reasoning": c["judge"]["judgments"][0]["text"][:200], "in the pair": role})
+    return record["prompt"], pd.DataFrame(rows)
+
+
+def preference_pairs(run_dir, iteration: int, count: int = 5, width: int = 300) -> pd.DataFrame:
+    """The first preference pairs of AIFT(M_t), with their scores."""
+    run = RunDir(run_dir)
+    pairs = read_jsonl(run.pairs(iteration))[:count] if run.pairs(iteration).is_file() else []
+    return pd.DataFrame([{"prompt": p["prompt"][:width], "chosen": p["chosen"][:width], "rejected": p["rejected"][:width],
+                          "chosen score": p["chosen_score"], "rejected score": p["rejected_score"]} for p in pairs])
+
+
+def checkpoint_selection(run_dir, iteration: int) -> pd.DataFrame | str:
+    """The checkpoints of M_{t+1} and their win rates against M_t on held-out prompts, or why there are none."""
+    path = RunDir(run_dir).checkpoint_selection(iteration)
+    if not path.is_file():
+        return "Checkpoint selection was off (`aift.select_every_steps: 0`): M_{t+1} is the last training step."
+    data = read_json(path)
+    rows = [{"step": c["step"], "win rate vs M_t % (ties ½)": c["win_rate_vs_m_t"],
+             "win/tie/loss": "/".join(map(str, c["win_tie_loss"])),
+             "soft win rate %": None if not c["soft_win_rate"] else 100 * c["soft_win_rate"]["value"],
+             "chosen": "yes" if c["step"] == data["chosen_step"] else ""} for c in data["checkpoints"]]
+    return pd.DataFrame(rows).set_index("step").round(1)
+
+
+def judge_health(run_dir) -> pd.DataFrame:
+    """How the self-judge behaved in EFT and in each iteration: unreadable judgments, the most frequent
+    (rounded) score and its share (an alarm above 80%: "always 4"), prompts whose candidates all tie, and
+    the length gap between chosen and rejected replies (a sign of length bias)."""
+    run, rows = RunDir(run_dir), []
+    if run.eft_judgments.is_file():
+        results = [res for r in read_jsonl(run.eft_judgments) for res in r["results"]]
+        rows.append(_health_row("EFT (SFT baseline)", results, None, None))
+    iterations = read_json(run.manifest)["config"]["iterations"]
+    for t in range(1, iterations + 1):
+        if not run.candidates(t).is_file():
+            continue
+        records = read_jsonl(run.candidates(t))
+        pairs = read_jsonl(run.pairs(t)) if run.pairs(t).is_file() else []
+        rows.append(_health_row(f"AIFT(M{t})", [c["judge"] for r in records for c in r["candidates"]], records, pairs))
+    return pd.DataFrame(rows).set_index("judged by")
+
+
+def _health_row(label: str, results: list[dict], records, pairs) -> dict:
+    judgments = [j for res in results for j in res["judgments"]]
+    scores = [math.floor(res["score"] + 0.5) for res in results if res["score"] is not None]
+    top, top_count = Counter(scores).most_common(1)[0] if scores else (None, 0)
+    share = top_count / len(scores) if scores else None
+    row = {"judged by": label, "judgments": len(judgments),
+           "unreadable %": 100 * sum(j["score"] is None for j in judgments) / max(len(judgments), 1),
+           "most frequent score": top, "its share %": None if share is None else 100 * share,
+           "alarm": f"one score takes {share:.0%}" if share is not None and share > ONE_SCORE_ALARM else "",
+           "score histogram (0-5)": " ".join(str(scores.count(s)) for s in range(6))}
+    if records is not None:
+        tied = [r for r in records if len({c["score"] for c in r["candidates"] if c["score"] is not None}) == 1]
+        row["all-tied prompts %"] = 100 * len(tied) / max(len(records), 1)
+        gaps = [len(p["chosen"]) - len(p["rejected"]) for p in pairs]
+        row["chosen - rejected length (chars)"] = sum(gaps) / len(gaps) if gaps else None
+    return row
+
+
+def plot_judge_health(run_dir):
+    """Score histograms of the self-judge, EFT and each iteration side by side."""
+    table = judge_health(run_dir)
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    width = 0.8 / max(len(table), 1)
+    for i, (label, row) in enumerate(table.iterrows()):
+        counts = [int(c) for c in row["score histogram (0-5)"].split()]
+        total = max(sum(counts), 1)
+        ax.bar([s + i * width for s in range(6)], [100 * c / total for c in counts], width=width, label=label)
+    ax.axhline(100 * ONE_SCORE_ALARM, color="grey", linestyle=":", label="alarm: one score")
+    ax.set_xticks([s + 0.4 - width / 2 for s in range(6)], [str(s) for s in range(6)])
+    ax.set_xlabel("candidate score (rounded mean of k judgments)")
+    ax.set_ylabel("% of candidates")
+    ax.set_title("The self-judge's scores in each iteration")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- what the models wrote
+
+def side_by_side(run_dir, count: int = 3, width: int = 500) -> pd.DataFrame:
+    """The first few evaluation prompts with every model's answer, and the judge's verdict on M_last vs the
+    SFT baseline (hard outcome and position-debiased preference)."""
+    run = RunDir(run_dir)
+    names = run_models(read_json(run.manifest)["config"]["iterations"])
+    answers = {n: read_jsonl(run.responses(n)) for n in names if run.responses(n).is_file()}
+    h2h = read_json(run.head_to_head)["comparisons"] if run.head_to_head.is_file() else {}
+    verdicts = h2h.get(f"{names[-1]} vs sft_baseline", {}).get("records", [])
+    rows = []
+    for i in range(min(count, len(next(iter(answers.values()), [])))):
+        row = {"prompt": answers[names[0]][i]["instruction"][:width]}
+        row.update({n: answers[n][i]["response"][:width] for n in answers})
+        if i < len(verdicts):
+            soft = verdicts[i].get("soft_preference")
+            row[f"judge: {names[-1]} vs sft_baseline"] = verdicts[i]["outcome"] + (
+                "" if soft is None else f" (P = {soft:.2f})")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_lengths(run_dir):
+    """Mean answer length per model on the evaluation prompts (the paper's Table 3 shape: it grows)."""
+    run = RunDir(run_dir)
+    names = [n for n in run_models(read_json(run.manifest)["config"]["iterations"]) if run.responses(n).is_file()]
+    means = [sum(len(r["response"]) for r in read_jsonl(run.responses(n))) / max(len(read_jsonl(run.responses(n))), 1)
+             for n in names]
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.plot(names, means, marker="o", label="this run")
+    paper = {"m1": 1100, "m2": 1550, "m3": 2550}  # the paper's mean lengths, roughly (characters)
+    ax.plot([n for n in names if n in paper], [paper[n] for n in names if n in paper], "s--", label="paper")
+    ax.set_ylabel("mean characters")
+    ax.set_title("Answer length per model")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
