@@ -7,6 +7,7 @@ prefills. Prints the hardware, the timings and their ratios, writes JSON.
 
   python benchmarks/bench_generate.py                      # CPU, the embedded Gemma-3-270M
   python benchmarks/bench_generate.py --random-init --batch 256 --device cuda   # GPU, same cost
+  ... --vllm      # also vLLM's engine (generation.backend: vllm) on the same prompts, where vllm is installed
 """
 from __future__ import annotations
 
@@ -85,6 +86,24 @@ def timed(backend, texts, args) -> dict:
             "tokens_per_s": round(backend.tokens_generated / seconds, 1)}
 
 
+def timed_vllm(model, tokenizer, stops, texts, args) -> dict:
+    """The same prompts through vLLM's engine, from a folder holding the same (possibly random) weights."""
+    import tempfile
+
+    from selfreward.config import GenerationConfig
+    from selfreward.vllm_backend import VLLMBackend
+
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        engine = VLLMBackend(folder, tokenizer, stops, GenerationConfig(backend="vllm", gpu_memory_utilization=0.5),
+                             args.dtype)
+        timed(engine, texts[:2], argparse.Namespace(max_new_tokens=4))  # warm-up (graph capture)
+        result = timed(engine, texts, args)
+        engine.release()
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
@@ -95,6 +114,7 @@ def main():
     parser.add_argument("--config-dir", help="config and tokenizer of the model (default: the embedded Gemma)")
     parser.add_argument("--judged-candidates", type=int, default=32)
     parser.add_argument("--judge-tokens", type=int, default=32, help="reasoning tokens per judgment")
+    parser.add_argument("--vllm", action="store_true", help="also time selfreward.vllm_backend (needs vllm, a GPU)")
     parser.add_argument("--out", default="benchmarks/bench_generate.json")
     args = parser.parse_args()
     device = models.pick_device(args.device)
@@ -112,6 +132,9 @@ def main():
               "max_new_tokens": args.max_new_tokens, "dtype": args.dtype, "random_init": args.random_init,
               "generate": timed(plain, texts, args), "fast": timed(fast, texts, args)}
     result["speedup"] = round(result["fast"]["tokens_per_s"] / result["generate"]["tokens_per_s"], 2)
+    if args.vllm:
+        result["vllm"] = timed_vllm(model, tokenizer, stops, texts, args)
+        result["vllm_vs_fast"] = round(result["vllm"]["tokens_per_s"] / result["fast"]["tokens_per_s"], 2)
 
     items = [(e["prompt"], e["response"]) for e in oasst_examples(args.judged_candidates)]
     plain_judging = timed_judging(plain, chat, items, len(REASONINGS), args.judge_tokens)

@@ -6,6 +6,8 @@ selfreward book PARAMS [--out DIR] [--set ...] [--publish]
     the book of a run; --publish makes a complete run the checkout's reference book (book/run/)
 selfreward compare RUN_DIR_A RUN_DIR_B [--book DIR]
     a chapter with the params that differ and every headline metric side by side
+selfreward plan PARAMS [--set ...] [--tokens-per-second N] [--train-tflops N]
+    memory per GPU of each training stage, tokens to generate and judge, times; refuses what cannot fit
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the self-rewarding pipeline of a params file")
     book = commands.add_parser("book", help="build the Jupyter Book of a run")
-    for command in (run, book):
+    plan = commands.add_parser("plan", help="memory per GPU, tokens and time of a run, from the model config")
+    for command in (run, book, plan):
         command.add_argument("params", help="a params/*.yaml file")
         command.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
         command.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -36,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-book", action="store_true", help="do not build the book at the end")
     book.add_argument("--publish", action="store_true",
                       help="make this (complete) run the checkout's reference book, book/run/")
+    plan.add_argument("--tokens-per-second", type=float, default=2000.0,
+                      help="generated tokens per second of one engine, for the times (default 2000)")
+    plan.add_argument("--train-tflops", type=float, default=200.0,
+                      help="sustained TFLOP/s per GPU in training, for the times (default 200)")
     compare = commands.add_parser("compare", help="compare two runs: differing params, headline metrics")
     compare.add_argument("run_a", help="a run folder (runs/<name>)")
     compare.add_argument("run_b", help="another run folder")
@@ -59,6 +66,19 @@ def _compare(args) -> int:
     return 0
 
 
+def _plan(cfg, args) -> int:
+    from selfreward import sizing
+
+    try:
+        plan = sizing.make_plan(cfg, args.tokens_per_second, args.train_tflops)
+        print(sizing.format_plan(plan))
+        sizing.check_fits(plan)
+    except ConfigError as err:
+        print(f"selfreward: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -69,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"selfreward: error: {err}", file=sys.stderr)
         return 2
+    if args.command == "plan":
+        return _plan(cfg, args)
     # imported only now: the pipeline pulls in torch, which a bad params file should not wait for
     from selfreward.book import BookError, build, publish
     from selfreward.data import DataError

@@ -73,12 +73,16 @@ class DataConfig:
 
 @dataclass
 class GenerationConfig:
-    # fast: selfreward.generation.FastBackend (same outputs, 5x on CPU); transformers: plain `generate`
-    backend: Literal["transformers", "fast"] = "fast"
+    # fast: selfreward.generation.FastBackend (same outputs, 5x on CPU); transformers: plain `generate`;
+    # vllm: selfreward.vllm_backend (GPU, the `vllm` extra), with tensor parallelism over GPUs
+    backend: Literal["transformers", "fast", "vllm"] = "fast"
     batch_size: int = 16
+    tensor_parallel_size: int = 1  # vllm only: GPUs one engine spans
+    gpu_memory_utilization: float = 0.85  # vllm only: the share of each GPU's memory the engine may take
 
     def validate(self, key):
-        _positive(self, key, "batch_size")
+        _positive(self, key, "batch_size", "tensor_parallel_size")
+        _check(0 < self.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "must be in (0, 1]")
 
 
 @dataclass
@@ -260,6 +264,38 @@ class EvaluationConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """How training runs: in the stage's own process (1 process, no accelerate config), or as
+    `accelerate launch -m selfreward.train` over `num_processes` processes (DDP, or what the accelerate
+    config file says: FSDP, DeepSpeed ZeRO-3). Generation and judging stay in the stage's process."""
+    num_processes: int = 1  # the world size: GPUs (or CPU processes, gloo) that train together
+    accelerate_config: Optional[str] = None  # an accelerate config file (params/accelerate/*.yaml); relative
+    # paths are relative to where selfreward runs, like --out
+    gpu_memory_gb: float = 80.0  # per GPU, for `selfreward plan`: a profile that cannot fit is refused
+
+    @property
+    def multi_process(self) -> bool:
+        return self.num_processes > 1 or self.accelerate_config is not None
+
+    def validate(self, key):
+        _positive(self, key, "num_processes", "gpu_memory_gb")
+        if self.accelerate_config is not None:
+            load_accelerate_config(self.accelerate_config, f"{key}.accelerate_config")
+
+
+def load_accelerate_config(path: str, key: str = "launch.accelerate_config"):
+    """An accelerate config file read by accelerate's own loader (the one `accelerate launch` uses)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    _check(Path(path).is_file(), key, f"accelerate config file {path!r} not found")
+    try:
+        return load_config_from_file(path)
+    except Exception as err:  # accelerate raises plain errors of several kinds on a bad file
+        raise ConfigError(f"{key}: {path} is not a valid accelerate config ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -275,6 +311,7 @@ class Config:
     sft: TrainConfig = field(default_factory=TrainConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def validate(self, key=""):
         _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None, "name",
@@ -287,6 +324,16 @@ class Config:
         _check(_model_reference_ok(self.evaluation.judge_model, ["base", "endpoint"] + names),
                "evaluation.judge_model", f"unknown model {self.evaluation.judge_model!r} (expected base, endpoint, "
                f"{', '.join(names)}, or a model spec)")
+        world = self.launch.num_processes
+        for section in ("sft", "dpo"):
+            train = getattr(self, section)
+            _check(train.batch_size % (train.per_device_batch_size * world) == 0, f"{section}.batch_size",
+                   f"must be a multiple of per_device_batch_size x launch.num_processes "
+                   f"({train.per_device_batch_size} x {world})")
+            # the lean trainers call the model's decoder and head directly, past a DDP/FSDP wrapper
+            _check(not (self.launch.multi_process and train.logprobs == "selected"), f"{section}.logprobs",
+                   "selected runs in one process only; with launch.num_processes > 1 or an accelerate config "
+                   "set logprobs: trl")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -523,8 +523,13 @@ class FastBackend(TransformersBackend):
 def load_backend(path: str, cfg) -> tuple[TransformersBackend, models.ChatFormat]:
     """The generation engine of `cfg.generation.backend` for the model folder `path`, and its chat format."""
     tokenizer = models.load_tokenizer(path)
-    model = models.load_model(path, dtype=cfg.model.dtype, device=cfg.model.device)
     chat = models.chat_format_for(tokenizer, cfg.model.chat_format)
+    if cfg.generation.backend == "vllm":
+        from selfreward.vllm_backend import VLLMBackend
+        dtype = models.resolve_dtype(cfg.model.dtype, cfg.model.device)
+        return VLLMBackend(path, tokenizer, models.stop_token_ids(tokenizer, chat), cfg.generation, dtype,
+                           cfg.seed), chat
+    model = models.load_model(path, dtype=cfg.model.dtype, device=cfg.model.device)
     engine = FastBackend if cfg.generation.backend == "fast" else TransformersBackend
     return engine(model, tokenizer, models.stop_token_ids(tokenizer, chat), cfg.generation.batch_size), chat
 

@@ -152,7 +152,8 @@ def run_sft_baseline(cfg: Config, run: RunDir) -> dict:
     from selfreward import training
 
     ift = read_jsonl(run.ift)
-    summary = training.sft(base_model(cfg, run), run.model("sft_baseline"), ift, cfg.sft, cfg.model, cfg.seed)
+    summary = training.sft(base_model(cfg, run), run.model("sft_baseline"), ift, cfg.sft, cfg.model, cfg.seed,
+                           launch=cfg.launch)
     return {"ift": len(ift), **_prefixed("train", summary)}
 
 
@@ -191,7 +192,8 @@ def run_m1(cfg: Config, run: RunDir) -> dict:
     from selfreward import training
 
     ift, eft_train = read_jsonl(run.ift), read_jsonl(run.eft_train)
-    summary = training.sft(base_model(cfg, run), run.model("m1"), ift + eft_train, cfg.sft, cfg.model, cfg.seed)
+    summary = training.sft(base_model(cfg, run), run.model("m1"), ift + eft_train, cfg.sft, cfg.model, cfg.seed,
+                           launch=cfg.launch)
     return {"ift": len(ift), "eft": len(eft_train), **_prefixed("train", summary)}
 
 
@@ -258,9 +260,9 @@ def train_next_model(cfg: Config, run: RunDir, t: int, pairs: list[dict], positi
         if cfg.aift.select_every_steps else {}
     shutil.rmtree(run.checkpoints(t), ignore_errors=True)
     if cfg.aift.objective == "sft_positive":
-        summary = training.sft(current, target, positives, cfg.sft, cfg.model, seed, **selection)
+        summary = training.sft(current, target, positives, cfg.sft, cfg.model, seed, launch=cfg.launch, **selection)
     else:
-        summary = training.dpo(current, target, pairs, cfg.dpo, cfg.model, seed, **selection)
+        summary = training.dpo(current, target, pairs, cfg.dpo, cfg.model, seed, launch=cfg.launch, **selection)
     if selection:
         summary["selected_step"] = select_checkpoint(cfg, run, t, summary.pop("checkpoints"), summary["steps"])
         shutil.rmtree(run.checkpoints(t), ignore_errors=True)

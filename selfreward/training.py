@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from datasets import Dataset
+from datasets import Dataset, load_from_disk
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from selfreward.models import (chat_format_for, final_logit_cap, load_model, load_tokenizer, pick_device,
@@ -24,13 +26,23 @@ class TrainingError(ValueError):
     """Training that cannot start (e.g. no examples); the message is one line."""
 
 
+def world_size() -> int:
+    """Processes training together (set by `accelerate launch`; 1 in a stage's own process)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
     on_cpu = pick_device(model_cfg.device) == "cpu"
     dtype = resolve_dtype(model_cfg.dtype, model_cfg.device)
     return dict(
         output_dir=output_dir,
         per_device_train_batch_size=train_cfg.per_device_batch_size,
-        gradient_accumulation_steps=train_cfg.batch_size // train_cfg.per_device_batch_size,
+        # the effective batch stays batch_size whatever the number of processes (checked on load)
+        gradient_accumulation_steps=train_cfg.batch_size // (train_cfg.per_device_batch_size * world_size()),
         learning_rate=train_cfg.learning_rate,
         lr_scheduler_type="cosine_with_min_lr",  # the paper decays to a floor, not to zero
         lr_scheduler_kwargs={"min_lr": train_cfg.min_learning_rate},
@@ -45,7 +57,8 @@ def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         use_cpu=on_cpu,
-        gradient_checkpointing=not on_cpu,  # CPU runs are small; recomputation only costs time there
+        # CPU runs are small: recomputation only costs time there; under FSDP its own checkpointing does it
+        gradient_checkpointing=not on_cpu and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING") != "true",
         dataloader_num_workers=0,
         **train_cfg.trainer_args,  # checked when the params were loaded: TRL fields that selfreward does not set
     )
@@ -266,8 +279,13 @@ def sft_trainer(model_dir: str, examples: list[dict], train_cfg, model_cfg, outp
                     tokenizer, peft_config)
 
 
-def sft(model_dir: str, out_dir, examples: list[dict], train_cfg, model_cfg, seed: int = 0, **checkpoints) -> dict:
-    """Supervised fine-tuning on {prompt, response} examples; returns the training log summary."""
+def sft(model_dir: str, out_dir, examples: list[dict], train_cfg, model_cfg, seed: int = 0, launch=None,
+        **checkpoints) -> dict:
+    """Supervised fine-tuning on {prompt, response} examples; returns the training log summary. With a
+    multi-process `launch` (config.LaunchConfig), it runs under `accelerate launch` (selfreward.train)."""
+    if launch is not None and launch.multi_process:
+        from selfreward.train import in_processes
+        return in_processes("sft", model_dir, out_dir, examples, train_cfg, model_cfg, launch, seed, **checkpoints)
     return _train(sft_trainer, model_dir, out_dir, examples, train_cfg, model_cfg, seed, **checkpoints)
 
 
@@ -287,8 +305,12 @@ def dpo_trainer(model_dir: str, pairs: list[dict], train_cfg, model_cfg, output_
                     tokenizer, peft_config)
 
 
-def dpo(model_dir: str, out_dir, pairs: list[dict], train_cfg, model_cfg, seed: int = 0, **checkpoints) -> dict:
-    """DPO on {prompt, chosen, rejected} pairs; returns the training log summary."""
+def dpo(model_dir: str, out_dir, pairs: list[dict], train_cfg, model_cfg, seed: int = 0, launch=None,
+        **checkpoints) -> dict:
+    """DPO on {prompt, chosen, rejected} pairs; returns the training log summary (`launch`: as `sft`)."""
+    if launch is not None and launch.multi_process:
+        from selfreward.train import in_processes
+        return in_processes("dpo", model_dir, out_dir, pairs, train_cfg, model_cfg, launch, seed, **checkpoints)
     return _train(dpo_trainer, model_dir, out_dir, pairs, train_cfg, model_cfg, seed, **checkpoints)
 
 
@@ -297,29 +319,48 @@ def _train(make_trainer, model_dir: str, out_dir, rows: list[dict], train_cfg, m
     """Train and save the final model (adapters merged) into `out_dir`. With `checkpoint_every`, the model
     is also saved every that many steps into `checkpoint_dir/checkpoint-<step>` (LoRA: the adapter only;
     see `materialize_checkpoint`), and the summary lists them."""
-    with tempfile.TemporaryDirectory() as scratch:
-        trainer = make_trainer(model_dir, rows, train_cfg, model_cfg, str(checkpoint_dir or scratch), seed)
+    with _work_dir(out_dir) as work:
+        trainer = make_trainer(model_dir, rows, train_cfg, model_cfg, str(checkpoint_dir or work), seed)
         if checkpoint_every:
             trainer.args.save_strategy, trainer.args.save_steps, trainer.args.save_only_model = \
                 "steps", checkpoint_every, True
         trainer.train()
-    summary = _finish(trainer, trainer.processing_class, out_dir, len(rows))
+        summary = _finish(trainer, trainer.processing_class, out_dir, len(rows), model_dir, model_cfg, work)
     if checkpoint_every:
         summary["checkpoints"] = sorted((str(p) for p in Path(checkpoint_dir).glob("checkpoint-*")),
                                         key=lambda p: int(p.rsplit("-", 1)[1]))
     return summary
 
 
-def materialize_checkpoint(checkpoint: str, base_dir: str, out_dir, model_cfg):
+@contextlib.contextmanager
+def _work_dir(out_dir):
+    """Where the Trainer writes while it trains: a temporary folder; with several processes, one folder
+    beside `out_dir` that they all share (TRL's cached reference log-probs are a file the main process
+    writes and every process reads), removed at the end by the main process."""
+    if world_size() == 1:
+        with tempfile.TemporaryDirectory() as scratch:
+            yield scratch
+        return
+    shared = Path(out_dir).parent / f".{Path(out_dir).name}.work"
+    shared.mkdir(parents=True, exist_ok=True)
+    try:
+        yield str(shared)
+    finally:
+        if is_main_process():
+            shutil.rmtree(shared, ignore_errors=True)
+
+
+def materialize_checkpoint(checkpoint: str, base_dir: str, out_dir, model_cfg, extra_json: dict | None = None):
     """A training checkpoint as a plain model folder: a LoRA checkpoint's adapter merged into its base."""
     from peft import PeftModel
 
     tokenizer = load_tokenizer(base_dir)
     if not (Path(checkpoint) / "adapter_config.json").is_file():  # full fine-tuning: already a model
-        save_model(load_model(checkpoint, dtype=model_cfg.dtype, device=model_cfg.device), tokenizer, out_dir)
+        save_model(load_model(checkpoint, dtype=model_cfg.dtype, device=model_cfg.device), tokenizer, out_dir,
+                   extra_json)
         return
     base = load_model(base_dir, dtype=model_cfg.dtype, device=model_cfg.device)
-    save_model(PeftModel.from_pretrained(base, checkpoint), tokenizer, out_dir)
+    save_model(PeftModel.from_pretrained(base, checkpoint), tokenizer, out_dir, extra_json)
 
 
 class SimilarLengthSampler(torch.utils.data.Sampler):
@@ -361,7 +402,16 @@ def _trainer(trainer_class, model, args, rows: list[dict], tokenizer, peft_confi
     from transformers.trainer_callback import ProgressCallback
     from transformers.utils.notebook import NotebookProgressCallback
 
-    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+    dataset = Dataset.from_list(rows)
+    if args.world_size > 1:
+        # TRL caches the reference log-probs beside the dataset's own cache files, and every process reads
+        # the main process's file: the rows must live in a folder all share, not in a per-process temp folder
+        folder = str(Path(args.output_dir) / "rows")
+        with args.main_process_first(desc="training rows"):
+            if args.process_index == 0:
+                dataset.save_to_disk(folder)
+        dataset = load_from_disk(folder)
+    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                             peft_config=peft_config)
     lengths = _example_lengths(trainer.train_dataset)
     trainer._get_train_sampler = lambda *_: SimilarLengthSampler(lengths, args.per_device_train_batch_size, args.seed)
@@ -371,7 +421,7 @@ def _trainer(trainer_class, model, args, rows: list[dict], tokenizer, peft_confi
     return trainer
 
 
-def _finish(trainer, tokenizer, out_dir, num_examples: int) -> dict:
+def _finish(trainer, tokenizer, out_dir, num_examples: int, model_dir: str, model_cfg, work: str) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h]
     # TRL drops examples whose response is truncated away: report what was really trained on
     summary = {"examples": num_examples, "examples_trained": len(trainer.train_dataset),
@@ -379,5 +429,15 @@ def _finish(trainer, tokenizer, out_dir, num_examples: int) -> dict:
                "first_loss": history[0]["loss"] if history else None,
                "final_loss": history[-1]["loss"] if history else None}
     # the Trainer's own state file (log_history: one entry per logged step) travels with the model
-    save_model(trainer.model, tokenizer, out_dir, extra_json={"trainer_state.json": dataclasses.asdict(trainer.state)})
+    state = {"trainer_state.json": dataclasses.asdict(trainer.state)}
+    if trainer.args.world_size == 1:
+        save_model(trainer.model, tokenizer, out_dir, extra_json=state)
+        return summary
+    # several processes: the Trainer gathers the weights (FSDP / ZeRO-3 shards) and the main process writes
+    # them (a LoRA run: its adapter), then merges them into a plain model folder as in one process
+    gathered = str(Path(work) / "gathered")
+    trainer.save_model(gathered)
+    if trainer.is_world_process_zero():
+        materialize_checkpoint(gathered, model_dir, out_dir, model_cfg, extra_json=state)
+    trainer.accelerator.wait_for_everyone()
     return summary
