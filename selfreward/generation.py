@@ -160,11 +160,12 @@ class TransformersBackend:
             end = len(full) if not max_tokens else min(len(full), boundary + max_tokens)
             rows.append((full[:end], boundary))
         results: list = [None] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        # batches of similar length: one long prompt must not pad every other text of its batch to its length
+        batches = [group[start:start + self.batch_size] for group in similar_lengths([len(r[0]) for r in rows])
+                   for start in range(0, len(group), self.batch_size)]
         pad, decoder = self.tokenizer.pad_token_id, self.model.get_decoder()
         with tqdm(total=len(rows), desc=desc, unit="text") as bar:
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
+            for batch in batches:
                 width = max(len(rows[i][0]) for i in batch)
                 ids = torch.tensor([rows[i][0] + [pad] * (width - len(rows[i][0])) for i in batch], device=self.device)
                 mask = torch.tensor([[1] * len(rows[i][0]) + [0] * (width - len(rows[i][0])) for i in batch],
@@ -338,8 +339,24 @@ class FastBackend(TransformersBackend):
         generator = torch.Generator(device=self.device).manual_seed(seed)
         rows = [ids[mask == 1].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
         stops = [re.escape(s) for s in stop_strings or []] + ([reading.stop] if reading and reading.stop else [])
-        return self._decode(rows, n, temperature, top_p, max_new_tokens, generator,
-                            re.compile("|".join(stops), re.IGNORECASE) if stops else None, reading)
+        stop = re.compile("|".join(stops), re.IGNORECASE) if stops else None
+        # rows that a sliding window would see past their prompts go apart, so that one long prompt does not
+        # stop the others from sharing their prefix (see `_prefill`)
+        parts = self.window_parts(rows, max_new_tokens)
+        results: list = [None] * (len(rows) * n)
+        for part in parts:
+            for j, completion in enumerate(self._decode([rows[i] for i in part], n, temperature, top_p,
+                                                        max_new_tokens, generator, stop, reading)):
+                results[part[j // n] * n + j % n] = completion
+        return results
+
+    def window_parts(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Row indices in at most two parts: those within the sliding window (prompt and new tokens), and the
+        longer ones, when both kinds are present; else one part."""
+        window = getattr(self.model.config.get_text_config(), "sliding_window", None)
+        within = [i for i, r in enumerate(rows) if not window or len(r) + max_new_tokens <= window]
+        beyond = [i for i in range(len(rows)) if i not in set(within)]
+        return [within, beyond] if len(within) > 1 and beyond else [list(range(len(rows)))]
 
     @torch.no_grad()
     def _prefill(self, rows: list[list[int]], budget: int):

@@ -43,6 +43,24 @@ def test_a_shared_prompt_prefix_is_prefilled_once_with_the_same_outputs(tiny_bac
         backend.generate(prompts, temperature=0, max_new_tokens=12)
 
 
+def test_prompts_past_the_sliding_window_go_apart_with_the_same_outputs(tiny_backend, monkeypatch):
+    """One long judge prompt must not stop the short ones from sharing their prefix: the batch is decoded
+    in two parts, and the outputs (and samples per prompt) stay those of the plain engine."""
+    backend, chat = tiny_backend
+    fast = FastBackend(backend.model, backend.tokenizer, backend.stop_ids, batch_size=8)
+    prompts = [chat.prompt(judge_prompt(p, "An answer to " + p * (8 if i == 1 else 1))) for i, p in enumerate(PROMPTS)]
+    rows = [backend.tokenizer(p).input_ids for p in prompts]
+    window = sorted(len(r) for r in rows)[-2] + 12  # the two short prompts and their new tokens fit, not the long
+    monkeypatch.setattr(backend.model.config, "sliding_window", window, raising=False)
+    assert fast.window_parts(rows, 12) == [[0, 2], [1]]
+    plain = backend.generate(prompts, temperature=0, max_new_tokens=12)
+    assert fast.generate(prompts, temperature=0, max_new_tokens=12) == plain
+    # n samples per prompt go back to their own prompt (greedy: n copies of the same answer)
+    assert fast.generate(prompts, n=2, temperature=0, max_new_tokens=12) == [cs * 2 for cs in plain]
+    monkeypatch.setattr(backend.model.config, "sliding_window", None, raising=False)
+    assert fast.window_parts(rows, 12) == [[0, 1, 2]]
+
+
 def test_reading_in_the_same_pass_equals_a_forward_over_the_kept_tokens_and_the_suffix(tiny_backend):
     backend, chat = tiny_backend
     fast = FastBackend(backend.model, backend.tokenizer, backend.stop_ids, batch_size=4)
