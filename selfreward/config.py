@@ -236,6 +236,9 @@ class EvaluationConfig:
     reference: bool = True  # also judge each model against AlpacaEval's GPT-4 outputs
     rm_samples: int = 3  # judgments per reply when the models act as reward models
     rm_prompts: int = 0  # validation prompts judged by each model; 0 = the whole reward-model eval set
+    # > 0: only prompts whose ranked replies are all at most this long (a deviation, for small CPU runs: a
+    # 6,000-character reply makes a judge prompt 4x longer than the sliding window); 0 = every prompt
+    rm_max_reply_chars: int = 0
     judge_prompt_ablation: bool = True  # SFT baseline as judge: additive vs multiple-choice prompt
     # judge-free: each model's log-likelihood of the human-ranked OASST validation replies
     hp_prompts: int = 0  # validation prompts; 0 = all 186 (541 replies)
@@ -245,7 +248,7 @@ class EvaluationConfig:
 
     def validate(self, key):
         _positive(self, key, "max_new_tokens", "rm_samples", "bootstrap_samples")
-        for name in ("rm_prompts", "hp_prompts", "hp_max_reply_tokens", "mt_bench_questions"):
+        for name in ("rm_prompts", "rm_max_reply_chars", "hp_prompts", "hp_max_reply_tokens", "mt_bench_questions"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
         _sampling(self, key)
         # a key pasted where the variable's name belongs is refused before it is written anywhere (no echo)
@@ -267,7 +270,9 @@ class EvaluationConfig:
 class LaunchConfig:
     """How training runs: in the stage's own process (1 process, no accelerate config), or as
     `accelerate launch -m selfreward.train` over `num_processes` processes (DDP, or what the accelerate
-    config file says: FSDP, DeepSpeed ZeRO-3). Generation and judging stay in the stage's process."""
+    config file says: FSDP, DeepSpeed ZeRO-3). Generation and judging stay in the stage's process.
+    Not part of any stage's fingerprint: at the same global batch, any number of processes trains the
+    same model (tests/test_launch.py)."""
     num_processes: int = 1  # the world size: GPUs (or CPU processes, gloo) that train together
     accelerate_config: Optional[str] = None  # an accelerate config file (params/accelerate/*.yaml); relative
     # paths are relative to where selfreward runs, like --out

@@ -209,6 +209,16 @@ def ranked_threads(threads: list[dict], size: int, seed: int) -> list[dict]:
     return usable if size == 0 else _sample(usable, size, seed)
 
 
+def short_reply_threads(threads: list[dict], max_chars: int) -> list[dict]:
+    """The prompts whose replies are all at most `max_chars` long (whole prompts are kept or dropped, so that
+    the human ranking among the replies stays intact); an empty result is a DataError."""
+    kept = [t for t in threads if all(len(r["text"]) <= max_chars for r in t["replies"])]
+    if not kept:
+        raise DataError(f"no reward-model prompt has all its replies within {max_chars} characters "
+                        "(evaluation.rm_max_reply_chars)")
+    return kept
+
+
 def _normalise(text: str) -> str:
     return " ".join(text.lower().split())
 

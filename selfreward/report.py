@@ -339,6 +339,11 @@ def deviations(run_dir) -> pd.DataFrame:
          counted("evaluation", "eval_prompts") == 256),
         ("evaluated answer length (tokens)", "uncut (M3 ~2,500 characters)", str(e["max_new_tokens"]),
          e["max_new_tokens"] >= 1024),
+        ("reward-model evaluation set", "all 186 OASST validation prompts (541 ranked replies)",
+         f"{counted('reward_model', 'rm_prompts')} prompts" + (
+             f", only those whose replies are all at most {e['rm_max_reply_chars']:,} characters"
+             if e.get("rm_max_reply_chars") else ""),
+         counted("reward_model", "rm_prompts") == 186 and not e.get("rm_max_reply_chars")),
     ]
     return pd.DataFrame([{"aspect": aspect, "paper": paper, "this run": ours, "differs": "" if same else "yes"}
                          for aspect, paper, ours, same in rows]).set_index("aspect")

@@ -376,6 +376,8 @@ def run_reward_model(cfg: Config, run: RunDir) -> dict:
     from selfreward.judging import ranked_rows
 
     threads = read_jsonl(run.rm_eval)
+    if cfg.evaluation.rm_max_reply_chars:
+        threads = data.short_reply_threads(threads, cfg.evaluation.rm_max_reply_chars)
     if cfg.evaluation.rm_prompts:
         threads = data.ranked_threads(threads, cfg.evaluation.rm_prompts, cfg.seed)
     judge_cfg = dataclasses.replace(cfg.judge, samples=cfg.evaluation.rm_samples)

@@ -111,3 +111,12 @@ def test_a_corrupt_data_line_is_named(tmp_path):
     path.write_text('{"message_id": "a"}\n')
     with pytest.raises(data.DataError, match="line 1: missing field 'parent_id'"):
         data.read_jsonl_rows(path, data.OASST_FIELDS)
+
+
+def test_short_reply_threads_keep_or_drop_whole_prompts():
+    threads = [{"prompt": "a", "replies": [{"text": "x" * 10, "rank": 0}, {"text": "y" * 30, "rank": 1}]},
+               {"prompt": "b", "replies": [{"text": "x" * 10, "rank": 0}, {"text": "y" * 20, "rank": 1}]}]
+    assert [t["prompt"] for t in data.short_reply_threads(threads, 20)] == ["b"]  # "a" has one long reply
+    assert len(data.short_reply_threads(threads, 30)) == 2
+    with pytest.raises(data.DataError, match=r"within 5 characters \(evaluation\.rm_max_reply_chars\)"):
+        data.short_reply_threads(threads, 5)
