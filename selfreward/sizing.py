@@ -228,7 +228,8 @@ def check_fits(plan: dict):
         if need > gpu:
             raise ConfigError(
                 f"plan: {stage} needs {need:,.1f} GB per GPU ({plan['strategy']}, {plan['processes']} processes) "
-                f"but launch.gpu_memory_gb is {gpu:g}; shard it (params/accelerate/fsdp*.yaml), use LoRA, or lower "
+                f"but launch.gpu_memory_gb is {gpu:g}; shard it or offload the shards (params/accelerate/fsdp.yaml, "
+                f"fsdp_offload.yaml), use LoRA, or lower "
                 f"{row['section']}.per_device_batch_size / max_length")
     g = plan["generation"]
     if g["weights_per_gpu"] > g["usable_per_gpu"]:
