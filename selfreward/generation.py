@@ -146,12 +146,9 @@ class TransformersBackend:
         return results
 
 
-    @torch.no_grad()
-    def continuation_logprobs(self, items: list[tuple[str, str]], max_tokens: int = 0,
-                              desc: str = "log-likelihoods") -> list[tuple[float, int]]:
-        """For each (prefix, continuation): the summed log-probability of the continuation's tokens given the
-        prefix, and how many tokens that is (the first `max_tokens` of the continuation when > 0). The
-        output layer runs at those tokens only."""
+    def continuation_rows(self, items: list[tuple[str, str]], max_tokens: int = 0) -> list[tuple[list[int], int]]:
+        """Each (prefix, continuation) as its token ids (the continuation cut to `max_tokens` when > 0) and
+        the position where the continuation's tokens begin."""
         rows = []
         for prefix, continuation in items:
             start = self.tokenizer(prefix).input_ids
@@ -159,6 +156,15 @@ class TransformersBackend:
             boundary = common_prefix_length([start + [-1], full + [-2]])  # where the two tokenisations part
             end = len(full) if not max_tokens else min(len(full), boundary + max_tokens)
             rows.append((full[:end], boundary))
+        return rows
+
+    @torch.no_grad()
+    def continuation_logprobs(self, items: list[tuple[str, str]], max_tokens: int = 0,
+                              desc: str = "log-likelihoods") -> list[tuple[float, int]]:
+        """For each (prefix, continuation): the summed log-probability of the continuation's tokens given the
+        prefix, and how many tokens that is (the first `max_tokens` of the continuation when > 0). The
+        output layer runs at those tokens only."""
+        rows = self.continuation_rows(items, max_tokens)
         results: list = [None] * len(rows)
         # batches of similar length: one long prompt must not pad every other text of its batch to its length
         batches = [group[start:start + self.batch_size] for group in similar_lengths([len(r[0]) for r in rows])
@@ -353,10 +359,13 @@ class FastBackend(TransformersBackend):
     def window_parts(self, rows: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """Row indices in at most two parts: those within the sliding window (prompt and new tokens), and the
         longer ones, when both kinds are present; else one part."""
-        window = getattr(self.model.config.get_text_config(), "sliding_window", None)
+        window = self._sliding_window()
         within = [i for i, r in enumerate(rows) if not window or len(r) + max_new_tokens <= window]
-        beyond = [i for i in range(len(rows)) if i not in set(within)]
+        beyond = [i for i, r in enumerate(rows) if window and len(r) + max_new_tokens > window]
         return [within, beyond] if len(within) > 1 and beyond else [list(range(len(rows)))]
+
+    def _sliding_window(self) -> int | None:
+        return getattr(self.model.config.get_text_config(), "sliding_window", None)
 
     @torch.no_grad()
     def _prefill(self, rows: list[list[int]], budget: int):
@@ -368,7 +377,7 @@ class FastBackend(TransformersBackend):
         window in cache slots: the prefix is shared only when no row's window (`budget` more tokens
         included) can reach past that padding, else the batch is prefilled whole, padding first."""
         common = common_prefix_length(rows) if len(rows) > 1 else 0
-        window = getattr(self.model.config.get_text_config(), "sliding_window", None)
+        window = self._sliding_window()
         longest = max(len(r) for r in rows)
         if common < MIN_SHARED_PREFIX or (window and longest + budget > window
                                           and len({len(r) for r in rows}) > 1):

@@ -118,8 +118,6 @@ def preflight(cfg: Config, out_root: Path):
     if cfg.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ConfigError("generation.backend: vllm is not installed here (pip install 'selfreward[vllm]' on a "
                           "GPU machine), or set generation.backend: fast")
-    if cfg.launch.multi_process and importlib.util.find_spec("accelerate") is None:
-        raise ConfigError("launch: several training processes need accelerate (pip install accelerate)")
     if e.enabled and e.judge_model == "endpoint" and not os.environ.get(e.endpoint_api_key_env):
         raise ConfigError(f"evaluation.judge_model: the endpoint judge needs an API key in the environment "
                           f"variable {e.endpoint_api_key_env}, which is not set")

@@ -283,10 +283,7 @@ def sft(model_dir: str, out_dir, examples: list[dict], train_cfg, model_cfg, see
         **checkpoints) -> dict:
     """Supervised fine-tuning on {prompt, response} examples; returns the training log summary. With a
     multi-process `launch` (config.LaunchConfig), it runs under `accelerate launch` (selfreward.train)."""
-    if launch is not None and launch.multi_process:
-        from selfreward.train import in_processes
-        return in_processes("sft", model_dir, out_dir, examples, train_cfg, model_cfg, launch, seed, **checkpoints)
-    return _train(sft_trainer, model_dir, out_dir, examples, train_cfg, model_cfg, seed, **checkpoints)
+    return _train("sft", model_dir, out_dir, examples, train_cfg, model_cfg, seed, launch, **checkpoints)
 
 
 def dpo_trainer(model_dir: str, pairs: list[dict], train_cfg, model_cfg, output_dir: str, seed: int = 0):
@@ -308,17 +305,20 @@ def dpo_trainer(model_dir: str, pairs: list[dict], train_cfg, model_cfg, output_
 def dpo(model_dir: str, out_dir, pairs: list[dict], train_cfg, model_cfg, seed: int = 0, launch=None,
         **checkpoints) -> dict:
     """DPO on {prompt, chosen, rejected} pairs; returns the training log summary (`launch`: as `sft`)."""
+    return _train("dpo", model_dir, out_dir, pairs, train_cfg, model_cfg, seed, launch, **checkpoints)
+
+
+def _train(kind: str, model_dir: str, out_dir, rows: list[dict], train_cfg, model_cfg, seed: int, launch=None,
+           checkpoint_dir=None, checkpoint_every: int = 0) -> dict:
+    """Train `kind` (sft or dpo) and save the final model (adapters merged) into `out_dir`. With
+    `checkpoint_every`, the model is also saved every that many steps into `checkpoint_dir/checkpoint-<step>`
+    (LoRA: the adapter only; see `materialize_checkpoint`), and the summary lists them. With a multi-process
+    `launch`, this runs in each process of `accelerate launch` instead (selfreward.train)."""
+    checkpoints = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": checkpoint_every} if checkpoint_every else {}
     if launch is not None and launch.multi_process:
         from selfreward.train import in_processes
-        return in_processes("dpo", model_dir, out_dir, pairs, train_cfg, model_cfg, launch, seed, **checkpoints)
-    return _train(dpo_trainer, model_dir, out_dir, pairs, train_cfg, model_cfg, seed, **checkpoints)
-
-
-def _train(make_trainer, model_dir: str, out_dir, rows: list[dict], train_cfg, model_cfg, seed: int,
-           checkpoint_dir=None, checkpoint_every: int = 0) -> dict:
-    """Train and save the final model (adapters merged) into `out_dir`. With `checkpoint_every`, the model
-    is also saved every that many steps into `checkpoint_dir/checkpoint-<step>` (LoRA: the adapter only;
-    see `materialize_checkpoint`), and the summary lists them."""
+        return in_processes(kind, model_dir, out_dir, rows, train_cfg, model_cfg, launch, seed, **checkpoints)
+    make_trainer = dpo_trainer if kind == "dpo" else sft_trainer
     with _work_dir(out_dir) as work:
         trainer = make_trainer(model_dir, rows, train_cfg, model_cfg, str(checkpoint_dir or work), seed)
         if checkpoint_every:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from selfreward.generation import Completion, Reading
+from selfreward.generation import Completion, TransformersBackend
 
 TOP_LOGPROBS = 20  # options outside the top 20 of the engine's distribution read as probability 0
 
@@ -92,7 +92,9 @@ def continuation_sum(prompt_logprobs: list, token_ids: list[int], start: int) ->
     return total, len(token_ids) - start
 
 
-class VLLMBackend:
+class VLLMBackend(TransformersBackend):
+    """The plain engine's interface and its second-pass `Reading` (inherited), with vLLM doing the work."""
+
     reads_while_generating = False  # a `Reading` is a second request per text, as in the plain engine
 
     def __init__(self, path: str, tokenizer, stop_ids: list[int], generation_cfg, dtype: str, seed: int = 0):
@@ -113,24 +115,14 @@ class VLLMBackend:
             bar.update(len(prompts))
         return outputs
 
-    def generate(self, prompts, *, n=1, temperature=0.7, top_p=0.9, max_new_tokens=256, seed=0,
-                 desc="generating", stop_strings=None, reading: Reading | None = None) -> list[list[Completion]]:
+    def _generate(self, prompts, n, temperature, top_p, max_new_tokens, seed, desc, stop_strings, reading):
         # one seed per prompt, so that a prompt's samples do not depend on the rest of the batch
         params = [self._vllm.SamplingParams(**sampling_kwargs(n, temperature, top_p, max_new_tokens, seed + i,
                                                               self.stop_ids, stop_strings))
                   for i in range(len(prompts))]
         results = [completions(o, self.stop_ids) for o in self._run(list(prompts), params, desc)]
         self.tokens_generated += sum(c.num_tokens for cs in results for c in cs)
-        if reading is not None:
-            flat = [(prompt, c) for prompt, cs in zip(prompts, results) for c in cs]
-            prefixes = [f"{prompt}{reading.kept_text(c.text)}{reading.suffix}" for prompt, c in flat]
-            for (_, c), (probs, mass) in zip(flat, self.option_probs(prefixes, reading.options)):
-                c.probs, c.option_mass = probs, mass
         return results
-
-    def option_token_ids(self, prefix: str, options: list[str]) -> tuple[list[int], list[int]]:
-        from selfreward.generation import TransformersBackend
-        return TransformersBackend.option_token_ids(self, prefix, options)
 
     def option_probs(self, prefixes, options):
         rows = [self.option_token_ids(p, options) for p in prefixes]
@@ -140,14 +132,7 @@ class VLLMBackend:
 
     def continuation_logprobs(self, items: list[tuple[str, str]], max_tokens: int = 0,
                               desc: str = "log-likelihoods") -> list[tuple[float, int]]:
-        from selfreward.generation import common_prefix_length
-
-        rows = []
-        for prefix, continuation in items:
-            start = self.tokenizer(prefix).input_ids
-            full = self.tokenizer(prefix + continuation).input_ids
-            boundary = common_prefix_length([start + [-1], full + [-2]])
-            rows.append((full if not max_tokens else full[:boundary + max_tokens], boundary))
+        rows = self.continuation_rows(items, max_tokens)
         outputs = self._run([{"prompt_token_ids": ids} for ids, _ in rows],
                             self._vllm.SamplingParams(**scoring_kwargs()), desc)
         return [continuation_sum(o.prompt_logprobs, ids, boundary) for o, (ids, boundary) in zip(outputs, rows)]
