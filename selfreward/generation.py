@@ -332,9 +332,14 @@ class FastBackend(TransformersBackend):
     - samples the nucleus from a top-k window instead of sorting the 262k-token vocabulary,
     - drops finished sequences from the batch instead of decoding padding until the longest ends,
     - prefills the prefix all prompts of a batch share once (the judge instructions),
-    - reads a `Reading` in the same pass, after the text it keeps, instead of prefilling again."""
+    - reads a `Reading` in the same pass, after the text it keeps, instead of prefilling again,
+    - on a CPU in float32, computes a decode step's linear layers weight-major (`models.weight_major_linears`)."""
 
     reads_while_generating = True
+
+    def _generate(self, *args):
+        with models.weight_major_linears(self.model):
+            return super()._generate(*args)
 
     def _forward(self, module, **inputs):
         """`module(**inputs)` with the KV cache passed under the name this transformers version uses."""
@@ -491,6 +496,10 @@ class FastBackend(TransformersBackend):
         instructions all prefixes begin with are prefilled once per call, and the k judgments of one
         candidate share the prefill of its judge prompt. Only each row's own tail is computed per row,
         and the output layer runs on its last token only."""
+        with models.weight_major_linears(self.model):
+            return self._option_probs(prefixes, options)
+
+    def _option_probs(self, prefixes, options):
         encoded = [self.option_token_ids(p, options) for p in prefixes]
         rows = [ids for ids, _ in encoded]
         common = common_prefix_length(rows)

@@ -9,6 +9,8 @@ A model spec is one of:
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -301,18 +303,60 @@ def save_model(model, tokenizer, out_dir, extra_json: dict | None = None):
 
 # ---------------------------------------------------------------- the output head
 
+HEAD_CHUNK = 1024  # output-layer rows per product on a CPU: a [1024, hidden] block of weights stays in cache
+
+
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Logits for chosen hidden states only (rows of `hidden`). The forward pass would project every
     position through the output layer (262k x 640 on Gemma-3, 63% of its weights); callers that need a
     few positions run the decoder and then this."""
     head = model.get_output_embeddings()
-    if hidden.device.type == "cpu" and hidden.dim() == 2 and len(hidden) <= 256 and head.bias is None:
-        # on a CPU, few rows against a wide layer: weight @ hidden.T runs about twice as fast as the usual
-        # hidden @ weight.T (the BLAS blocks the long side better), with the same result
-        logits = (head.weight @ hidden.to(head.weight.dtype).T).T.contiguous()
+    if hidden.device.type == "cpu" and hidden.dim() == 2 and len(hidden) <= WEIGHT_MAJOR_MAX_ROWS \
+            and head.bias is None and not torch.is_grad_enabled():  # (mm's out= has no backward)
+        # on a CPU, few rows against a wide layer: weight @ hidden.T, block by block of the vocabulary,
+        # runs 1.3-2x faster than the usual hidden @ weight.T, with the same sums
+        weight, rows = head.weight, hidden.to(head.weight.dtype).T
+        transposed = torch.empty(len(weight), len(hidden), dtype=weight.dtype)
+        for start in range(0, len(weight), HEAD_CHUNK):
+            torch.mm(weight[start:start + HEAD_CHUNK], rows, out=transposed[start:start + HEAD_CHUNK])
+        logits = transposed.T.contiguous()
     else:
         logits = head(hidden)
     return soft_cap(logits, final_logit_cap(model))
+
+
+WEIGHT_MAJOR_MAX_ROWS = 256
+
+
+def _weight_major_linear(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    if len(rows) > WEIGHT_MAJOR_MAX_ROWS:
+        return torch.nn.functional.linear(x, linear.weight, linear.bias)
+    out = (linear.weight @ rows.T).T
+    if linear.bias is not None:
+        out = out + linear.bias
+    return out.reshape(*x.shape[:-1], len(linear.weight))
+
+
+@contextlib.contextmanager
+def weight_major_linears(model):
+    """Inside the block, the model's float32 linear layers on a CPU compute a few rows (a decode step)
+    as weight @ x.T instead of x @ weight.T: 1.1-2x faster per layer on an AVX2 CPU, where the BLAS
+    blocks the long side better; the sums are the same, in another order. Larger inputs (prefills,
+    training) are left as they are; elsewhere nothing changes."""
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear
+               and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+    saved = [m.__dict__.get("forward") for m in linears]  # an instance forward (a hook) is put back
+    for module in linears:
+        module.forward = functools.partial(_weight_major_linear, module)
+    try:
+        yield model
+    finally:
+        for module, forward in zip(linears, saved):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
 
 
 @torch.no_grad()
