@@ -31,25 +31,39 @@ def test_load_model_resolves_auto(tiny_model_dir):
     assert model.dtype == models.DTYPES[models.resolve_dtype("auto", "cpu")]
 
 
-def test_weight_major_linears_match_and_are_undone(tiny_model_dir):
+def test_weight_major_linears_match_and_are_undone(tiny_model_dir, monkeypatch):
     model = models.load_model(tiny_model_dir, "float32", "cpu")
+    taken, real = [], models.weight_major  # the rows of each product computed weight-major (the real function)
+
+    def counted(weight, rows):
+        out = real(weight, rows)
+        if out is not None:
+            taken.append(len(rows))
+        return out
+
+    monkeypatch.setattr(models, "weight_major", counted)
     torch.manual_seed(0)
     vocab = model.config.vocab_size
     few, many = torch.randint(5, vocab, (3, 1)), torch.randint(5, vocab, (3, 100))  # 3 rows; 300 rows (left alone)
     decoder = model.get_decoder()
-    before = [decoder(input_ids=ids).last_hidden_state for ids in (few, many)]
+    with torch.no_grad():
+        before = [decoder(input_ids=ids).last_hidden_state for ids in (few, many)]
     with models.weight_major_linears(model):
         patched = [m for m in model.modules() if "forward" in m.__dict__]
         assert patched and all(isinstance(m, torch.nn.Linear) for m in patched)
-        inside = [decoder(input_ids=ids).last_hidden_state for ids in (few, many)]
+        with torch.no_grad():
+            inside = [decoder(input_ids=ids).last_hidden_state for ids in (few, many)]
+        assert taken and set(taken) == {3}  # every product of the 3-row input, none of the 300-row one
+        with_gradients = decoder(input_ids=few).last_hidden_state
     assert not any("forward" in m.__dict__ for m in model.modules())  # the class's forward again
     torch.testing.assert_close(inside[0], before[0], rtol=1e-5, atol=1e-5)
     assert torch.equal(inside[1], before[1])  # larger inputs take the usual path
+    assert torch.equal(with_gradients, before[0])  # and so do inputs that need gradients
 
 
 def test_head_logits_in_vocabulary_blocks_match_the_layer(tiny_model_dir, monkeypatch):
     model = models.load_model(tiny_model_dir, "float32", "cpu")
-    monkeypatch.setattr(models, "HEAD_CHUNK", 300)  # blocks that do not divide the vocabulary
+    monkeypatch.setattr(models, "WEIGHT_MAJOR_BLOCK", 300)  # blocks that do not divide the vocabulary
     hidden = torch.randn(5, model.config.hidden_size)
     expected = model.get_output_embeddings()(hidden)
     with torch.no_grad():
