@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     job = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     train_class = config.DPOConfig if job["kind"] == "dpo" else config.TrainConfig
-    train_cfg = config._build(train_class, job["train"], job["kind"])
-    model_cfg = config._build(config.ModelConfig, job["model"], "model")
+    train_cfg = config.build(train_class, job["train"], job["kind"])
+    model_cfg = config.build(config.ModelConfig, job["model"], "model")
     checkpoints = {"checkpoint_dir": job["checkpoint_dir"], "checkpoint_every": job["checkpoint_every"]} \
         if job["checkpoint_every"] else {}
     run = training.dpo if job["kind"] == "dpo" else training.sft

@@ -100,3 +100,17 @@ def test_trainer_args_reach_the_trainer(tiny_model_dir, tmp_path):
     trainer = sft_trainer(tiny_model_dir, [{"prompt": "a", "response": "b"}] * 2, cfg,
                           ModelConfig(spec="tiny", dtype="float32", finetune="full", device="cpu"), str(tmp_path))
     assert trainer.args.weight_decay == 0.05 and trainer.args.max_grad_norm == 0.25
+
+
+def test_sections_are_built_then_validated_once(monkeypatch):
+    from selfreward.config import JudgeConfig, build, schema
+
+    judge = build(JudgeConfig, {"samples": 0}, "judge")  # built by type only: the rules run once, at the end
+    assert judge.samples == 0
+    calls = []
+    original = schema.JudgeConfig.validate
+    monkeypatch.setattr(schema.JudgeConfig, "validate", lambda self, key: calls.append(key) or original(self, key))
+    from_dict({"judge": {"samples": 2}})
+    assert calls == ["judge"]
+    with pytest.raises(ConfigError, match=r"judge\.samples: must be > 0"):
+        from_dict({"judge": {"samples": 0}})
