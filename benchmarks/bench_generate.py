@@ -91,7 +91,7 @@ def timed_vllm(model, tokenizer, stops, texts, args) -> dict:
     import tempfile
 
     from selfreward.config import GenerationConfig
-    from selfreward.vllm_backend import VLLMBackend
+    from selfreward.generation.vllm import VLLMBackend
 
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
@@ -114,7 +114,7 @@ def main():
     parser.add_argument("--config-dir", help="config and tokenizer of the model (default: the embedded Gemma)")
     parser.add_argument("--judged-candidates", type=int, default=32)
     parser.add_argument("--judge-tokens", type=int, default=32, help="reasoning tokens per judgment")
-    parser.add_argument("--vllm", action="store_true", help="also time selfreward.vllm_backend (needs vllm, a GPU)")
+    parser.add_argument("--vllm", action="store_true", help="also time selfreward.generation.vllm (needs vllm, a GPU)")
     parser.add_argument("--out", default="benchmarks/bench_generate.json")
     args = parser.parse_args()
     device = models.pick_device(args.device)

@@ -9,8 +9,6 @@ A model spec is one of:
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import os
 import platform
@@ -303,73 +301,11 @@ def save_model(model, tokenizer, out_dir, extra_json: dict | None = None):
 
 # ---------------------------------------------------------------- the output head
 
-WEIGHT_MAJOR_MAX_ROWS = 256  # inputs up to this many rows (a decode step, a batch of readings) go weight-major
-WEIGHT_MAJOR_BLOCK = 1024  # output rows per product: a [1024, hidden] block of weights stays in cache
-
-
-def weight_major(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor | None:
-    """rows @ weight.T computed as weight @ rows.T, block by block of the output rows, on a CPU for few
-    rows with gradients off: 1.1-2x faster there than the usual product (the BLAS blocks the long side
-    better), with the same sums in another order. None where it does not apply (the caller's usual path)."""
-    if rows.device.type != "cpu" or rows.dim() != 2 or len(rows) > WEIGHT_MAJOR_MAX_ROWS \
-            or torch.is_grad_enabled():  # (mm's out= has no backward)
-        return None
-    transposed = torch.empty(len(weight), len(rows), dtype=weight.dtype, device=weight.device)
-    for start in range(0, len(weight), WEIGHT_MAJOR_BLOCK):
-        torch.mm(weight[start:start + WEIGHT_MAJOR_BLOCK], rows.to(weight.dtype).T,
-                 out=transposed[start:start + WEIGHT_MAJOR_BLOCK])
-    return transposed.T
-
-
 def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Logits for chosen hidden states only (rows of `hidden`). The forward pass would project every
     position through the output layer (262k x 640 on Gemma-3, 63% of its weights); callers that need a
     few positions run the decoder and then this."""
-    head = model.get_output_embeddings()
-    logits = weight_major(head.weight, hidden) if head.bias is None else None
-    logits = head(hidden) if logits is None else logits.contiguous()
-    return soft_cap(logits, final_logit_cap(model))
-
-
-def _weight_major_linear(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    out = weight_major(linear.weight, x.reshape(-1, x.shape[-1]))
-    if out is None:
-        return torch.nn.functional.linear(x, linear.weight, linear.bias)
-    if linear.bias is not None:
-        out = out + linear.bias
-    return out.reshape(*x.shape[:-1], len(linear.weight))
-
-
-@contextlib.contextmanager
-def weight_major_linears(model):
-    """Inside the block, the model's float32 linear layers on a CPU compute a few rows (a decode step)
-    with `weight_major`: 1.1-2x faster per layer on an AVX2 CPU. Larger inputs (prefills, training) and
-    inputs that need gradients take the usual path; outside the block nothing changes."""
-    linears = [m for m in model.modules() if type(m) is torch.nn.Linear
-               and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
-    saved = [m.__dict__.get("forward") for m in linears]  # an instance forward (a hook) is put back
-    for module in linears:
-        module.forward = functools.partial(_weight_major_linear, module)
-    try:
-        yield model
-    finally:
-        for module, forward in zip(linears, saved):
-            if forward is None:
-                del module.forward
-            else:
-                module.forward = forward
-
-
-@torch.no_grad()
-def selected_logprobs(model, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """log p(target) of each row of `hidden` (the positions before the targets), chunk by chunk so that
-    only [chunk, vocabulary] logits exist at a time; float32."""
-    out = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
-    for start in range(0, len(targets), chunk):
-        logits = head_logits(model, hidden[start:start + chunk]).float()
-        out[start:start + chunk] = logits.gather(-1, targets[start:start + chunk, None]).squeeze(-1) \
-            - torch.logsumexp(logits, -1)
-    return out
+    return soft_cap(model.get_output_embeddings()(hidden), final_logit_cap(model))
 
 
 def final_logit_cap(model) -> float | None:

@@ -3,8 +3,11 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from selfreward.generation import (MIN_SHARED_PREFIX, FastBackend, Reading, TransformersBackend,
-                                   common_prefix_length, sample_top_p, shared_prefix_batches, similar_lengths)
+from selfreward import models
+from selfreward.generation import FastBackend, Reading, TransformersBackend
+from selfreward.generation.contract import common_prefix_length, similar_lengths
+from selfreward.generation.fast import MIN_SHARED_PREFIX, kernels
+from selfreward.generation.fast.kernels import sample_top_p, shared_prefix_batches
 from selfreward.judging import SCORE_OPTIONS
 from selfreward.prompts import judge_prompt
 
@@ -173,3 +176,43 @@ def test_option_probs_with_shared_prefill_equal_the_plain_ones(tiny_backend):
     plain, shared = backend.option_probs(prefixes, options), fast.option_probs(prefixes, options)
     for (plain_probs, plain_mass), (probs, mass) in zip(plain, shared, strict=True):
         assert probs == pytest.approx(plain_probs, abs=1e-5) and mass == pytest.approx(plain_mass, rel=1e-4)
+
+
+def test_weight_major_linears_match_and_are_undone(tiny_model_dir, monkeypatch):
+    model = models.load_model(tiny_model_dir, "float32", "cpu")
+    taken, real = [], kernels.weight_major  # the rows of each product computed weight-major (the real function)
+
+    def counted(weight, rows):
+        out = real(weight, rows)
+        if out is not None:
+            taken.append(len(rows))
+        return out
+
+    monkeypatch.setattr(kernels, "weight_major", counted)
+    torch.manual_seed(0)
+    vocab = model.config.vocab_size
+    few, many = torch.randint(5, vocab, (3, 1)), torch.randint(5, vocab, (3, 100))  # 3 rows; 300 rows (left alone)
+    decoder = model.get_decoder()
+    with torch.no_grad():
+        before = [decoder(input_ids=ids).last_hidden_state for ids in (few, many)]
+    with kernels.weight_major_linears(model):
+        patched = [m for m in model.modules() if "forward" in m.__dict__]
+        assert patched and all(isinstance(m, torch.nn.Linear) for m in patched)
+        with torch.no_grad():
+            inside = [decoder(input_ids=ids).last_hidden_state for ids in (few, many)]
+        assert taken and set(taken) == {3}  # every product of the 3-row input, none of the 300-row one
+        with_gradients = decoder(input_ids=few).last_hidden_state
+    assert not any("forward" in m.__dict__ for m in model.modules())  # the class's forward again
+    torch.testing.assert_close(inside[0], before[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(inside[1], before[1])  # larger inputs take the usual path
+    assert torch.equal(with_gradients, before[0])  # and so do inputs that need gradients
+
+
+def test_head_logits_in_vocabulary_blocks_match_the_layer(tiny_model_dir, monkeypatch):
+    model = models.load_model(tiny_model_dir, "float32", "cpu")
+    monkeypatch.setattr(kernels, "WEIGHT_MAJOR_BLOCK", 300)  # blocks that do not divide the vocabulary
+    hidden = torch.randn(5, model.config.hidden_size)
+    expected = model.get_output_embeddings()(hidden)
+    with torch.no_grad():
+        torch.testing.assert_close(kernels.head_logits(model, hidden), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(kernels.head_logits(model, hidden), expected)  # with gradients: the layer itself

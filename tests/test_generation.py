@@ -69,3 +69,31 @@ def test_continuation_logprobs_equal_a_full_forward(tiny_backend):
         per_token = logps[torch.arange(start - 1, len(ids) - 1), torch.tensor(ids[start:])]
         assert count == len(ids) - start and total == pytest.approx(float(per_token.sum()), abs=1e-4)
         assert two == 2 and short == pytest.approx(float(per_token[:2].sum()), abs=1e-4)
+
+
+def test_every_engine_meets_the_backend_contract(tiny_model_dir):
+    """Every member of `contract.CONTRACT` exists on every engine once built (the vLLM engine: see
+    test_vllm_backend), and the code outside selfreward.generation uses no member of a backend beyond it."""
+    import ast
+    from pathlib import Path
+
+    from selfreward import models
+    from selfreward.generation import CONTRACT, FastBackend, TransformersBackend
+
+    tokenizer = models.load_tokenizer(tiny_model_dir)
+    model = models.load_model(tiny_model_dir, "float32", "cpu")
+    for engine in (TransformersBackend, FastBackend):
+        backend = engine(model, tokenizer, [tokenizer.eos_token_id], batch_size=4)
+        assert [m for m in CONTRACT if not hasattr(backend, m)] == [], engine.__name__
+    package = Path(models.__file__).parent
+    used = set()
+    for path in package.rglob("*.py"):
+        if "generation" in path.relative_to(package).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                owner = node.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name.endswith("backend"):
+                    used.add(node.attr)
+    assert used and used <= set(CONTRACT), sorted(used - set(CONTRACT))

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from selfreward import vllm_backend as vb
+from selfreward.generation import vllm as vb
 from selfreward.config import GenerationConfig, load_config
 from selfreward.generation import Completion
 

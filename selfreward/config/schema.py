@@ -69,8 +69,8 @@ class DataConfig:
 
 @dataclass
 class GenerationConfig:
-    # fast: selfreward.generation.FastBackend (same outputs, 5x on CPU); transformers: plain `generate`;
-    # vllm: selfreward.vllm_backend (GPU, the `vllm` extra), with tensor parallelism over GPUs
+    # fast: selfreward.generation.fast (same outputs, 5x on CPU); transformers: plain `generate`;
+    # vllm: selfreward.generation.vllm (GPU, the `vllm` extra), with tensor parallelism over GPUs
     backend: Literal["transformers", "fast", "vllm"] = "fast"
     batch_size: int = 16
     tensor_parallel_size: int = 1  # vllm only: GPUs one engine spans

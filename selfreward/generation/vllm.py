@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from selfreward.generation import Completion, TransformersBackend
+from selfreward.generation.contract import Backend, Completion, normalised_options
 
 TOP_LOGPROBS = 20  # options outside the top 20 of the engine's distribution read as probability 0
 
@@ -79,9 +79,8 @@ def _logprob(value) -> float:
 def read_options(top_logprobs: dict, option_ids: list[int]) -> tuple[list[float] | None, float]:
     """The options' probabilities (renormalised) and their raw mass from one position's top log-probs
     ({token_id: Logprob}); an option outside them counts 0, no option at all reads as nothing (None)."""
-    p = [math.exp(_logprob(top_logprobs[i])) if i in top_logprobs else 0.0 for i in option_ids]
-    mass = sum(p)
-    return ([x / mass for x in p] if mass > 0 else None), mass
+    return normalised_options([math.exp(_logprob(top_logprobs[i])) if i in top_logprobs else 0.0
+                               for i in option_ids])
 
 
 def continuation_sum(prompt_logprobs: list, token_ids: list[int], start: int) -> tuple[float, int]:
@@ -92,18 +91,16 @@ def continuation_sum(prompt_logprobs: list, token_ids: list[int], start: int) ->
     return total, len(token_ids) - start
 
 
-class VLLMBackend(TransformersBackend):
-    """The plain engine's interface and its second-pass `Reading` (inherited), with vLLM doing the work."""
-
-    reads_while_generating = False  # a `Reading` is a second request per text, as in the plain engine
+class VLLMBackend(Backend):
+    """The backend contract with vLLM doing the work; a `Reading` is a second request per text."""
 
     def __init__(self, path: str, tokenizer, stop_ids: list[int], generation_cfg, dtype: str, seed: int = 0):
         import vllm  # the `vllm` extra; checked before a run starts (pipeline preflight)
 
+        super().__init__(tokenizer, stop_ids, generation_cfg.batch_size)
         self._vllm = vllm
         model, self.adapter = model_and_adapter(path)
         self.llm = vllm.LLM(**engine_kwargs(model, generation_cfg, dtype, seed, self.adapter is not None))
-        self.tokenizer, self.stop_ids, self.tokens_generated = tokenizer, stop_ids, 0
 
     def _run(self, prompts, params, desc):
         lora = None
