@@ -17,12 +17,13 @@ import time
 
 import torch
 
-from selfreward import data, models
+from selfreward import models
+from selfreward.method import data
 from selfreward.config import DataConfig
 from selfreward.config import JudgeConfig
 from selfreward.generation import FastBackend, TransformersBackend
-from selfreward.judging import SCORE_OPTIONS, score_responses
-from selfreward.prompts import judge_prompt
+from selfreward.method.judging import SCORE_OPTIONS, score_responses
+from selfreward.method.prompts import judge_prompt
 
 # two judge "reasonings" of typical length; their content does not change the cost of reading scores
 REASONINGS = ["The response is relevant and answers the basic elements of the question, but it is not "

@@ -18,9 +18,10 @@ import time
 
 import torch
 
-from selfreward import data, models
+from selfreward import models
+from selfreward.method import data
 from selfreward.config import DataConfig, DPOConfig, ModelConfig, TrainConfig
-from selfreward.training import dpo_trainer, sft_trainer
+from selfreward.method.training import dpo_trainer, sft_trainer
 
 
 def oasst_rows(count: int, max_chars: int) -> tuple[list[dict], list[dict]]:

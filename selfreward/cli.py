@@ -55,8 +55,8 @@ def _interrupt(signum, frame):
 
 
 def _compare(args) -> int:
-    from selfreward import compare
-    from selfreward.book import BookError
+    from selfreward.run import compare
+    from selfreward.run.book import BookError
 
     try:
         print(f"comparison: {compare.build(args.run_a, args.run_b, args.book)}")
@@ -67,7 +67,7 @@ def _compare(args) -> int:
 
 
 def _plan(cfg, args) -> int:
-    from selfreward import sizing
+    from selfreward.run import sizing
 
     try:
         plan = sizing.make_plan(cfg, args.tokens_per_second, args.train_tflops)
@@ -92,16 +92,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plan":
         return _plan(cfg, args)
     # imported only now: the pipeline pulls in torch, which a bad params file should not wait for
-    from selfreward.book import BookError, build, publish
-    from selfreward.data import DataError
+    from selfreward.run.book import BookError, build, publish
+    from selfreward.method.data import DataError
     from selfreward.models import ModelError
-    from selfreward.pipeline import PipelineError, PipelineInterrupted
-    from selfreward.rundir import RunFolderBusy
+    from selfreward.run.pipeline import PipelineError, PipelineInterrupted
+    from selfreward.run.records import RunFolderBusy
 
     try:
         run_dir = Path(args.out) / cfg.name
         if args.command == "run":
-            from selfreward import pipeline
+            from selfreward.run import pipeline
 
             manifest = pipeline.run(cfg, args.out, params_file=args.params, overrides=args.overrides,
                                     force=args.force, start=args.start, verify=args.verify)

@@ -93,7 +93,7 @@ def test_trainer_args_pass_through_to_trl_and_unknown_or_managed_names_are_refus
 
 def test_trainer_args_reach_the_trainer(tiny_model_dir, tmp_path):
     from selfreward.config import ModelConfig, TrainConfig
-    from selfreward.training import sft_trainer
+    from selfreward.method.training import sft_trainer
 
     cfg = TrainConfig(batch_size=2, per_device_batch_size=2, max_length=64,
                       trainer_args={"weight_decay": 0.05, "max_grad_norm": 0.25})

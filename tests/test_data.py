@@ -1,6 +1,6 @@
 import pytest
 
-from selfreward import data
+from selfreward.method import data
 from selfreward.config import DataConfig
 from conftest import message, write_mirror
 

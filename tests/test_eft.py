@@ -1,8 +1,8 @@
 from collections import Counter
 
-from selfreward.eft import build_eft, rebalance
-from selfreward.judging import Judgment, JudgeResult
-from selfreward.prompts import parse_score
+from selfreward.method.eft import build_eft, rebalance
+from selfreward.method.judging import Judgment, JudgeResult
+from selfreward.method.prompts import parse_score
 
 
 def test_rebalance_caps_the_dominant_score():

@@ -6,31 +6,40 @@ import itertools
 
 import pytest
 
-from selfreward.evaluation import (EndpointJudge, EvaluationError, LocalJudge, head_to_head,
-                                   head_to_heads, human_preference, judge_health, length_split, mt_bench_scores,
-                                   reply_logprobs, soft_preferences,
-                                   tally)
-from selfreward.metrics import mean_interval
+from selfreward.evaluation import health
+from selfreward.evaluation.estimates import mean
+from selfreward.evaluation.instruments import head_to_head, human_preference, mt_bench, reference
 from selfreward.generation import FastBackend
+from selfreward.method.judges import EndpointJudge, JudgeError, LocalJudge, both_orders, outcome, soft_preference
 
 
-def test_tally_counts_both_orders_and_position_bias():
+def head_to_head_of(judge, instructions, x, y):
+    """One comparison judged in both orders, summarised as the head-to-head instrument does."""
+    records = both_orders(judge, instructions, {"x": x, "y": y}, [("x", "y")])["x vs y"]
+    return records, head_to_head.summarise(records, samples=100, seed=0)
+
+
+def test_outcomes_count_both_orders_and_position_bias():
     # p1: X preferred in both orders = win; p2: Y in both = loss; p3: "a" twice = inconsistent = tie;
     # p4: win; p5: an unreadable verdict = tie
-    result = tally(["a", "b", "a", "a", None], ["b", "a", "a", "b", "b"])
-    assert result["outcomes"] == ["win", "loss", "tie", "win", "tie"]
+    forward, backward = ["a", "b", "a", "a", None], ["b", "a", "a", "b", "b"]
+    assert [outcome(f, b) for f, b in zip(forward, backward)] == ["win", "loss", "tie", "win", "tie"]
+    records = [{"outcome": outcome(f, b), "soft_preference": None, "forward": {"verdict": f},
+                "backward": {"verdict": b}} for f, b in zip(forward, backward)]
+    result = head_to_head.summarise(records, samples=200, seed=0)
     assert (result["win"], result["tie"], result["loss"]) == (2, 2, 1)
-    assert result["win_rate"] == pytest.approx(100 * (2 + 1) / 5)
-    assert result["first_slot_rate"] == pytest.approx(5 / 9) and result["unreadable_verdicts"] == 1
-    assert tally([], [])["win_pct"] is None
+    assert result["win_rate"]["value"] == pytest.approx((2 + 1) / 5)
+    assert result["net_wins"]["value"] == pytest.approx((2 - 1) / 5) and result["net_wins"]["mde"] > 0
+    assert result["health"]["stats"]["first_slot_rate"] == pytest.approx(5 / 9)
+    assert result["soft_win_rate"] is None  # a sampled judge gives no probabilities
 
 
 def test_head_to_head_with_a_real_local_judge(tiny_backend):
     backend, chat = tiny_backend
     judge = LocalJudge(backend, chat, "constrained")
-    result = head_to_head(judge, ["Name a colour.", "Say hi."], ["Blue.", "Hi!"], ["Seven.", "No."])
-    assert result["win"] + result["tie"] + result["loss"] == 2 and len(result["records"]) == 2
-    for record in result["records"]:  # the same pair judged in both orders
+    records, result = head_to_head_of(judge, ["Name a colour.", "Say hi."], ["Blue.", "Hi!"], ["Seven.", "No."])
+    assert result["win"] + result["tie"] + result["loss"] == 2 and len(records) == 2
+    for record in records:  # the same pair judged in both orders
         assert record["forward"]["verdict"] in ("a", "b") and record["backward"]["verdict"] in ("a", "b")
 
 
@@ -44,15 +53,15 @@ def test_all_comparisons_in_one_call_equal_one_call_each(tiny_backend):
     responses = {"m1": ["Blue.", "Hi!", "Rain falls"], "m2": ["Seven.", "No.", "Soft rain on the roof"],
                  "reference": ["Green is a colour.", "Hello there!", "Grey clouds, green garden"]}
     pairs = [("m2", "m1"), ("m1", "reference"), ("m2", "reference")]
-    together = head_to_heads(recording, instructions, responses, pairs)
+    together = both_orders(recording, instructions, responses, pairs)
     assert len(calls) == 1 and len(calls[0]) == 3 * 2 * len(instructions)
     firsts = [t[:2] for t in calls[0]]  # each instruction, and each first output in it, in one run of rows
     assert len(list(itertools.groupby(firsts))) == len(set(firsts)) == 3 * len(instructions)
     for x, y in pairs:
-        alone = head_to_head(LocalJudge(backend, chat, "constrained"), instructions, responses[x], responses[y])
-        records = together[f"{x} vs {y}"]["records"]
-        assert [r["outcome"] for r in records] == [r["outcome"] for r in alone["records"]]
-        assert [r["forward"]["p_a"] for r in records] == pytest.approx([r["forward"]["p_a"] for r in alone["records"]])
+        alone, _ = head_to_head_of(LocalJudge(backend, chat, "constrained"), instructions, responses[x], responses[y])
+        records = together[f"{x} vs {y}"]
+        assert [r["outcome"] for r in records] == [r["outcome"] for r in alone]
+        assert [r["forward"]["p_a"] for r in records] == pytest.approx([r["forward"]["p_a"] for r in alone])
 
 
 def test_local_constrained_judge_reads_a_and_b(tiny_backend):
@@ -87,7 +96,7 @@ def test_endpoint_judge_speaks_the_openai_protocol_with_the_key_from_the_environ
     try:
         judge = EndpointJudge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model", "TEST_JUDGE_KEY")
         monkeypatch.delenv("TEST_JUDGE_KEY", raising=False)
-        with pytest.raises(EvaluationError, match="TEST_JUDGE_KEY"):
+        with pytest.raises(JudgeError, match="TEST_JUDGE_KEY"):
             judge.verdicts([("q", "a", "b")])
         monkeypatch.setenv("TEST_JUDGE_KEY", "secret-123")
         verdicts = judge.verdicts([("Name a colour.", "Blue.", "Seven.")])
@@ -101,48 +110,63 @@ def test_endpoint_judge_speaks_the_openai_protocol_with_the_key_from_the_environ
 
 
 def test_judge_health_flags_a_judge_that_answers_by_position():
-    always_a = judge_health(["a"] * 10, ["a"] * 10)
-    assert always_a["first_slot_rate"] == 1.0 and always_a["order_consistency"] == 0.0
-    assert not always_a["informative"] and "agree on 0% of prompts" in always_a["why_not"]
-    # 3 of 10 prompts consistent (just above the 25% threshold), first slot 14/20 = 70%: informative
+    always_a = health.pairwise(["a"] * 10, ["a"] * 10)
+    assert always_a.stats["first_slot_rate"] == 1.0 and always_a.stats["order_consistency"] == 0.0
+    assert not always_a.informative and "agree on 0% of prompts" in always_a.why_not
+    # 3 of 10 prompts consistent (just above the 25% threshold), first slot 17/20 = 85%: informative
     forward, backward = ["a"] * 3 + ["a"] * 7, ["b"] * 3 + ["a"] * 7
-    fine = judge_health(forward, backward)
-    assert fine["order_consistency"] == pytest.approx(0.3) and fine["first_slot_rate"] == pytest.approx(17 / 20)
-    assert fine["informative"] and fine["why_not"] is None
-    # 2 of 10 consistent: below the threshold
-    low = judge_health(["a", "b"] + ["a"] * 8, ["b", "a"] + ["a"] * 8)
-    assert low["order_consistency"] == pytest.approx(0.2) and not low["informative"]
-    unreadable = judge_health([None] * 6 + ["a"] * 4, [None] * 6 + ["b"] * 4)
-    assert unreadable["unreadable_share"] == pytest.approx(0.6) and not unreadable["informative"]
+    fine = health.pairwise(forward, backward)
+    assert fine.stats["order_consistency"] == pytest.approx(0.3) and fine.stats["first_slot_rate"] == pytest.approx(17 / 20)
+    assert fine.informative and fine.why_not is None and fine.label() == "informative"
+    low = health.pairwise(["a", "b"] + ["a"] * 8, ["b", "a"] + ["a"] * 8)  # 2 of 10 consistent: below
+    assert low.stats["order_consistency"] == pytest.approx(0.2) and not low.informative
+    unreadable = health.pairwise([None] * 6 + ["a"] * 4, [None] * 6 + ["b"] * 4)
+    assert unreadable.stats["unreadable_share"] == pytest.approx(0.6) and not unreadable.informative
+    assert not health.pairwise([None], [None]).informative
+
+
+def test_score_health_one_rule_for_every_scoring_judge():
+    constant = health.scores([4.0, 4.1, 3.9, 4.0], 0, 5)
+    assert not constant.informative and "nearly constant" in constant.why_not
+    assert constant.stats["most_frequent_score"] == 4 and constant.stats["one_score_alarm"]
+    varied = health.scores([1, 5, 3, None], 0, 5)
+    assert varied.informative and varied.stats["unreadable_share"] == 0.25
+    assert varied.stats["histogram"] == {"0": 0, "1": 1, "2": 0, "3": 1, "4": 0, "5": 1}
+    assert not health.scores([None, None, 3], 0, 5).informative  # mostly unreadable
+    # on 1-10 the spread it needs scales with the range: standard deviation 0.4 < 0.45
+    assert not health.scores([5.6, 6.4] * 5, 1, 10).informative and health.scores([5.6, 6.4] * 5, 0, 5).informative
+    assert health.Health.from_dict(varied.to_dict()) == varied
 
 
 def test_soft_preference_averages_out_the_position_by_hand():
     # X in slot a forward (P(a) = 0.9), in slot b backward (P(a) = 0.3, so P(X) = 0.7): 1/2 (0.9 + 0.7) = 0.8
-    assert soft_preferences([0.9], [0.3]) == [pytest.approx(0.8)]
+    assert soft_preference(0.9, 0.3) == pytest.approx(0.8)
     # a judge that always picks slot a, however sure: exactly 1/2
-    assert soft_preferences([1.0, 0.8, 0.6], [1.0, 0.8, 0.6]) == [0.5, 0.5, 0.5]
-    assert soft_preferences([None, 0.5], [0.2, None]) == [None, None]
-    interval = mean_interval([0.8, 0.6, 0.7, 0.9], samples=500, seed=0)
-    assert interval["value"] == pytest.approx(0.75) and interval["low"] <= 0.75 <= interval["high"]
-    assert mean_interval([0.5] * 8, samples=100)["low"] == 0.5 and mean_interval([None]) is None
+    assert [soft_preference(p, p) for p in (1.0, 0.8, 0.6)] == [0.5, 0.5, 0.5]
+    assert soft_preference(None, 0.5) is None and soft_preference(0.2, None) is None
+    interval = mean([0.8, 0.6, 0.7, 0.9], samples=500, seed=0)
+    assert interval.value == pytest.approx(0.75) and interval.low <= 0.75 <= interval.high
+    assert mean([0.5] * 8, samples=100).low == 0.5 and mean([None]) is None
 
 
-def test_head_to_heads_reports_the_soft_win_rate_of_a_constrained_judge(tiny_backend):
+def test_the_soft_win_rate_of_a_constrained_judge(tiny_backend):
     backend, chat = tiny_backend
     judge = LocalJudge(backend, chat, "constrained")
-    result = head_to_head(judge, ["Name a colour.", "Say hi.", "Count to three."], ["Blue.", "Hi!", "1 2 3"],
-                          ["Seven.", "No.", "Four"])
-    soft = result["soft_win_rate"]
-    expected = [0.5 * (r["forward"]["p_a"] + 1 - r["backward"]["p_a"]) for r in result["records"]]
-    assert soft["value"] == pytest.approx(sum(expected) / 3) and soft["n"] == 3
-    assert result["judge_health"]["first_slot_rate"] == result["first_slot_rate"]
+    records, result = head_to_head_of(judge, ["Name a colour.", "Say hi.", "Count to three."],
+                                      ["Blue.", "Hi!", "1 2 3"], ["Seven.", "No.", "Four"])
+    expected = [0.5 * (r["forward"]["p_a"] + 1 - r["backward"]["p_a"]) for r in records]
+    assert result["soft_win_rate"]["value"] == pytest.approx(sum(expected) / 3) and result["soft_win_rate"]["n"] == 3
 
 
-def test_length_split_of_a_reference_comparison():
-    comparison = {"records": [{"outcome": "win"}, {"outcome": "tie"}, {"outcome": "loss"}]}
-    split = length_split(comparison, ["a long answer", "short", "x"], ["ref", "a much longer reference", "yy"])
-    assert split["longer_than_reference"] == {"prompts": 1, "win_rate": 100.0}
-    assert split["not_longer"] == {"prompts": 2, "win_rate": 25.0}
+def test_length_controlled_win_rate_reads_the_fit_at_zero_length_difference():
+    features = reference.length_features(["a long answer", "short", "x"], ["ref", "a much longer reference", "yy"])
+    assert features[0] > 0 > features[1] and features[2] < 0
+    # wins only where the model is longer: the length effect explains them, P(win | same length) near 1/2
+    items = [(1.0, 0.8)] * 20 + [(0.0, -0.8)] * 20
+    assert reference.length_controlled(items) == pytest.approx(0.5, abs=0.02)
+    # winning at every length difference: no length effect to correct, well above 1/2
+    assert reference.length_controlled([(1.0, x / 10) for x in range(-9, 10)] + [(0.5, 0.0)]) > 0.8
+    assert reference.length_controlled([]) is None
 
 
 def test_a_constrained_local_judge_rates_from_its_probabilities_over_1_to_10(tiny_backend):
@@ -156,14 +180,14 @@ def test_a_constrained_local_judge_rates_from_its_probabilities_over_1_to_10(tin
 
 
 def test_mt_bench_scores_by_hand():
-    answers = [{"category": "writing"}, {"category": "math"}]
-    ratings = [{"rating": r} for r in (8, 6, None, 4)]
-    scores = mt_bench_scores(answers, ratings, samples=200, seed=0)
+    rows = [{"category": "writing", "ratings": [{"rating": 8}, {"rating": 6}]},
+            {"category": "math", "ratings": [{"rating": None}, {"rating": 4}]}]
+    scores = mt_bench.scores(rows, samples=200, seed=0)
     assert scores["turn_1"] == 8 and scores["turn_2"] == 5 and scores["categories"] == {"math": 4, "writing": 7}
-    assert scores["overall"]["value"] == pytest.approx((7 + 4) / 2) and scores["unreadable_share"] == 0.25
-    assert scores["judge_health"]["informative"]
-    flat = mt_bench_scores(answers, [{"rating": 5}] * 4, samples=50, seed=0)
-    assert not flat["judge_health"]["informative"] and "within 0.00" in flat["judge_health"]["why_not"]
+    assert scores["overall"]["value"] == pytest.approx((7 + 4) / 2)
+    assert scores["health"]["stats"]["unreadable_share"] == 0.25 and scores["health"]["informative"]
+    flat = mt_bench.scores([{"category": "x", "ratings": [{"rating": 5}, {"rating": 5}]}] * 2, samples=50, seed=0)
+    assert not flat["health"]["informative"] and "nearly constant" in flat["health"]["why_not"]
 
 
 def test_judge_free_accuracies_on_two_tiny_models_by_hand(tiny_backend):
@@ -183,8 +207,8 @@ def test_judge_free_accuracies_on_two_tiny_models_by_hand(tiny_backend):
                             {"text": "Nine", "rank": 2}]},
                {"prompt_id": "q", "prompt": "Say hi.", "replies": [{"text": "Hi!", "rank": 0},
                                                                    {"text": "No thanks.", "rank": 1}]}]
-    rows = {"start": reply_logprobs(backend, chat, threads, 0, "a"), "trained": reply_logprobs(other, chat, threads, 0, "b")}
-    result = human_preference(rows, {"trained": "start"}, samples=100, seed=0)
+    rows = {"start": human_preference.reply_logprobs(backend, chat, threads, 0, "a"),
+            "trained": human_preference.reply_logprobs(other, chat, threads, 0, "b")}
 
     def accuracy(values):  # pairs with different ranks: the better-ranked reply strictly higher
         pairs = [(v[i], v[j]) for v in values for i in range(len(v)) for j in range(i + 1, len(v))]
@@ -192,6 +216,9 @@ def test_judge_free_accuracies_on_two_tiny_models_by_hand(tiny_backend):
 
     normalised = [[lp / n for lp, n in zip(r["logps"], r["tokens"])] for r in rows["trained"]]
     implicit = [[a - b for a, b in zip(r["logps"], q["logps"])] for r, q in zip(rows["trained"], rows["start"])]
-    assert result["trained"]["length_normalised"]["value"] == pytest.approx(accuracy(normalised))
-    assert result["trained"]["implicit_reward"]["value"] == pytest.approx(accuracy(implicit))
-    assert result["trained"]["implicit_reward"]["pairs"] == 4 and result["start"]["implicit_reward"] is None
+    from selfreward.evaluation.agreement import accuracy as agreement, pairs
+
+    by_length = human_preference.normalised(rows["trained"])
+    by_reward = human_preference.implicit(rows["trained"], rows["start"])
+    assert agreement(by_length, 100, 0).value == pytest.approx(accuracy(normalised))
+    assert agreement(by_reward, 100, 0).value == pytest.approx(accuracy(implicit)) and pairs(by_reward) == 4

@@ -8,8 +8,8 @@ from selfreward.generation import FastBackend, Reading, TransformersBackend
 from selfreward.generation.contract import common_prefix_length, similar_lengths
 from selfreward.generation.fast import MIN_SHARED_PREFIX, kernels
 from selfreward.generation.fast.kernels import sample_top_p, shared_prefix_batches
-from selfreward.judging import SCORE_OPTIONS
-from selfreward.prompts import judge_prompt
+from selfreward.method.judging import SCORE_OPTIONS
+from selfreward.method.prompts import judge_prompt
 
 PROMPTS = ["What is the capital of France?", "Sort a list", "Write a haiku about rain please, a long one"]
 

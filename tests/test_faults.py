@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli
-from selfreward.evaluation import EndpointJudge, EvaluationError
+from selfreward.method.judges import EndpointJudge, JudgeError
 
 NO_EVAL = ("--no-book", "--set", "evaluation.enabled=false")
 
@@ -311,7 +311,7 @@ def test_a_redirecting_endpoint_never_receives_the_key_elsewhere(monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "sk-TEST-SECRET-123")
     judge = EndpointJudge(f"http://127.0.0.1:{redirect.server_port}/v1", "m", "JUDGE_KEY", backoff=0)
     try:
-        with pytest.raises(EvaluationError) as err:
+        with pytest.raises(JudgeError) as err:
             judge.verdicts([("q", "a", "b")])
     finally:
         redirect.shutdown()
@@ -325,7 +325,7 @@ def test_an_endpoint_answering_garbage_is_retried_then_one_line(monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "k")
     url = f"http://127.0.0.1:{server.server_port}/v1"
     try:
-        with pytest.raises(EvaluationError) as err:
+        with pytest.raises(JudgeError) as err:
             EndpointJudge(url, "m", "JUDGE_KEY", retries=2, backoff=0).verdicts([("q", "a", "b")])
     finally:
         server.shutdown()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from selfreward.judging import SCORE_OPTIONS
+from selfreward.method.judging import SCORE_OPTIONS
 
 PROMPTS = ["What is the capital of France?", "Sort a list", "Write a haiku about rain please, a long one"]
 

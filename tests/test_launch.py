@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from selfreward import train, training
+from selfreward.method import training
+from selfreward.method import launch as train
 from selfreward.config import ConfigError, LaunchConfig, load_accelerate_config, load_config
-from selfreward.training import TrainingError
+from selfreward.method.launch import LaunchError
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "params" / "tiny.yaml")
@@ -50,7 +51,7 @@ def test_two_processes_train_as_one_does_at_the_same_global_batch(tiny_model_dir
 @pytest.mark.slow
 def test_a_failing_launch_is_a_stage_error_with_its_last_error_line(tmp_path):
     two = tiny_profile(2)
-    with pytest.raises(TrainingError, match=r"sft: accelerate launch exited with status [1-9].*model"):
+    with pytest.raises(LaunchError, match=r"sft: accelerate launch exited with status [1-9].*model"):
         training.sft(str(tmp_path / "no-such-model"), tmp_path / "out", EXAMPLES, two.sft, two.model, seed=0,
                      launch=two.launch)
     assert not (tmp_path / "out").exists()
@@ -90,7 +91,7 @@ def test_a_bad_accelerate_config_is_one_line(tmp_path):
 
 def test_accelerate_command():
     two = train.accelerate_command(LaunchConfig(num_processes=2), "/j.json", 29500, "bf16")
-    assert two[-3:] == ["-m", "selfreward.train", "/j.json"] and "--multi_gpu" in two
+    assert two[-3:] == ["-m", "selfreward.method.worker", "/j.json"] and "--multi_gpu" in two
     assert two[two.index("--num_processes") + 1] == "2" and two[two.index("--mixed_precision") + 1] == "bf16"
     fsdp = train.accelerate_command(LaunchConfig(num_processes=8, accelerate_config="f.yaml"), "/j.json", 1)
     assert fsdp[fsdp.index("--config_file") + 1] == "f.yaml" and "--multi_gpu" not in fsdp
@@ -105,5 +106,5 @@ def test_last_error_line():
 
 def test_last_error_line_skips_the_launchers_report():
     log = ["[rank1]: OSError: model folder x not found", "E1129 ... failed (exitcode: 1) local_rank: 0",
-           "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ", "selfreward.train FAILED"]
+           "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ", "selfreward.method.worker FAILED"]
     assert train.last_error_line(log) == "OSError: model folder x not found"

@@ -8,10 +8,12 @@ import nbformat
 import pytest
 
 from conftest import git_status, run_cli
+from selfreward import paper
 
 pytestmark = pytest.mark.slow
 TRAINING = ["data", "sft_baseline", "eft", "m1", "iteration_1", "iteration_2"]
-STAGES = TRAINING + ["evaluation", "reward_model", "human_preference", "mt_bench", "results"]
+INSTRUMENTS = ["head_to_head", "reference", "reward_model", "human_preference", "mt_bench", "lengths"]
+STAGES = TRAINING + ["responses"] + INSTRUMENTS + ["results"]
 
 
 def test_tiny_run_produces_every_model_dataset_and_manifest(tiny_run):
@@ -92,28 +94,36 @@ def test_evaluation_outputs_and_results_chapter(tiny_run):
     root, _, _ = tiny_run
     run = root / "runs" / "tiny"
     h2h = json.loads((run / "eval" / "head_to_head.json").read_text())
-    assert list(h2h["comparisons"])[:6] == ["m1 vs sft_baseline", "m2 vs sft_baseline", "m3 vs sft_baseline",
-                                            "m2 vs m1", "m3 vs m2", "m3 vs m1"]
+    assert list(h2h["comparisons"]) == ["m1 vs sft_baseline", "m2 vs sft_baseline", "m3 vs sft_baseline",
+                                        "m2 vs m1", "m3 vs m2", "m3 vs m1"]
     for c in h2h["comparisons"].values():
-        assert c["win"] + c["tie"] + c["loss"] == c["n"] == 8 and 0 <= c["first_slot_rate"] <= 1
+        assert c["win"] + c["tie"] + c["loss"] == c["n"] == 8 and 0 <= c["health"]["stats"]["first_slot_rate"] <= 1
         soft = c["soft_win_rate"]  # the constrained judge exposes probabilities: a position-debiased rate
         assert soft["n"] == 8 and soft["low"] <= soft["value"] <= soft["high"]
-        assert c["judge_health"]["informative"] is False  # a random-init judge cannot see anything
-    assert h2h["reference_generator"] == "gpt4_1106_preview"
-    assert h2h["comparisons"]["m3 vs reference"]["length_split"]["reference_mean_chars"] > 0
+        assert c["health"]["informative"] is False  # a random-init judge cannot see anything
+    assert all(d["blind"] for d in h2h["differences"])  # and every paired difference of it says so
+    ref = json.loads((run / "eval" / "reference.json").read_text())
+    assert ref["reference_generator"] == "gpt4_1106_preview" and ref["reference_mean_chars"] > 0
+    assert set(ref["models"]) == {"sft_baseline", "m1", "m2", "m3"}
+    assert all(0 <= m["length_controlled"]["value"] <= 1 for m in ref["models"].values())
     hp = json.loads((run / "eval" / "human_preference.json").read_text())
     assert set(hp["models"]) == {"sft_baseline", "m1", "m2", "m3"} and hp["pairs"] > 0
     assert hp["models"]["m1"]["implicit_reward"] is None and hp["models"]["m3"]["reference"] == "m2"
     assert all(0 <= m["length_normalised"]["value"] <= 1 for m in hp["models"].values())
     assert 0 <= hp["models"]["m3"]["implicit_reward"]["value"] <= 1
+    steps = [(d["before"], d["after"]) for d in hp["differences"]]
+    assert steps == [("sft_baseline", "m1"), ("m1", "m2"), ("m2", "m3"), ("m1", "m3")]
+    assert all(d["estimate"]["low"] <= d["estimate"]["value"] <= d["estimate"]["high"] for d in hp["differences"])
     mt = json.loads((run / "eval" / "mt_bench.json").read_text())
     assert mt["questions"] == 4 and set(mt["models"]) == {"sft_baseline", "m1", "m2", "m3"}
     assert all(1 <= m["overall"]["value"] <= 10 for m in mt["models"].values())
     rm = json.loads((run / "eval" / "reward_model.json").read_text())
     assert set(rm["models"]) == {"sft_baseline", "m1", "m2", "m3", "sft_baseline (multiple choice)"}
     for entry in rm["models"].values():
-        value, low, high = entry["metrics"]["pairwise_accuracy"]
-        assert low <= value <= high
+        accuracy = entry["metrics"]["pairwise_accuracy"]
+        assert accuracy["low"] <= accuracy["value"] <= accuracy["high"]
+    lengths = json.loads((run / "eval" / "lengths.json").read_text())
+    assert lengths["prompts"] == 8 and all(0 <= m["finished"]["value"] <= 1 for m in lengths["models"].values())
     notebook = nbformat.read(run / "notebooks" / "results.ipynb", as_version=4)
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
@@ -121,12 +131,17 @@ def test_evaluation_outputs_and_results_chapter(tiny_run):
     assert "m3 vs sft_baseline" in html and "pairwise accuracy" in html and "positive-only examples" in html
     assert "Deviations" not in html and "judge prompt" in html  # the deviations table: aspect rows
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
-    # win/tie/loss bars, human preference, reward-model metrics, MT-Bench, score histograms, judge health, lengths
+    # win/tie/loss bars, reward-model metrics and score histograms, human preference, MT-Bench, lengths, judge health
     assert len(figures) == 7
-    markdown = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
-    # the tiny judge answers by position: every head-to-head trend says so, none "agrees"
-    assert markdown.count("judge uninformative") >= 6
-    assert not [line for line in markdown.splitlines() if " vs " in line and line.rstrip(".").endswith("agrees")]
+    # the findings: one row per paper claim and instrument; the tiny judge answers by position, so every
+    # head-to-head row says so instead of a verdict
+    from selfreward.run import report
+
+    findings = report.findings_table(run).reset_index()
+    assert set(findings["claim"]) == {claim.text for claim in paper.CLAIMS}
+    by_head_to_head = findings[findings["instrument"].str.startswith("Head-to-head")]
+    assert len(by_head_to_head) == 3 and all(by_head_to_head["verdict"].str.startswith("judge uninformative"))
+    assert "Findings" in "".join(c.source for c in notebook.cells) and "not measured here" in html
 
 
 def test_book_is_built_in_the_run_folder_with_every_chapter(tiny_run):
@@ -142,7 +157,7 @@ def test_book_is_built_in_the_run_folder_with_every_chapter(tiny_run):
 
 
 @pytest.mark.parametrize("page,texts,tables,images", [
-    ("results", ["Head-to-head instruction following", "What the models wrote", "Deviations from the paper"], 10, 7),
+    ("results", ["Findings", "Head-to-head instruction following", "Deviations from the paper"], 10, 7),
     ("iteration_1", ["One prompt", "How the self-judge behaved", "Training M2"], 5, 1),
 ])
 def test_a_real_browser_renders_the_chapters(tiny_run, tmp_path, page, texts, tables, images):
@@ -185,7 +200,8 @@ def test_compare_two_runs_that_differ_in_one_param(tiny_run):
     assert diff.count("<tr") == 3 and "dpo.beta" in diff  # two header rows (pandas) and the one param
     metrics = html[html.index('id="headline-metrics"'):]
     for metric in ("m3 vs sft_baseline: soft win rate %", "human preference m3: likelihood %",
-                   "MT-Bench m3: overall", "reward model m1: pairwise accuracy %", "iteration_1: preference pairs"):
+                   "MT-Bench m3: overall", "reward model m1: pairwise accuracy %", "iteration_1: preference pairs",
+                   "m3 vs GPT-4 Turbo outputs: length-controlled %", "m3: answers that finish %"):
         assert metric in metrics
 
 
@@ -201,7 +217,8 @@ def test_every_chapter_has_its_figures_and_at_most_one_log_block(tiny_run):
     iteration = (pages / "iteration_1.html").read_text()
     assert "Self-rewarding iteration 1" in iteration and "One prompt" in iteration and "How the self-judge" in iteration
     results = (pages / "results.html").read_text()
-    assert "What the models wrote" in results and "The self-judge across iterations" in results
+    assert "Findings" in results and "The self-judge across iterations" in results
+    assert "What the models wrote" in (pages / "responses.html").read_text()
     assert "Deviations from the paper" in results
 
 
@@ -221,3 +238,66 @@ def test_checkpoint_selection_keeps_the_checkpoint_that_wins_most(tiny_run):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["iteration_1"]["counts"]["train_selected_step"] == best["step"]
     assert (run / "models" / "m2" / "model.safetensors").is_file() and not (run / "aift" / "m1" / "checkpoints").exists()
+
+
+TOY = '''
+"""A toy instrument, in one module outside the package: the share of answers that mention a digit."""
+from selfreward.evaluation import register
+from selfreward.evaluation.estimates import mean
+from selfreward.evaluation.instrument import Instrument
+from selfreward.evaluation.responses import load
+from selfreward.io import write_json
+
+import pandas as pd
+
+
+@register
+class Digits(Instrument):
+    name = "toy_digits"
+    title = "Toy: answers with a digit"
+    description = "How often each model's answer contains a digit."
+    uses_responses = True
+    order = 99
+
+    def run(self, cfg, run):
+        shares = {n: mean([float(any(c.isdigit() for c in r["response"])) for r in rows]).to_dict()
+                  for n, rows in load(run, self.models(cfg)).items()}
+        write_json(self.file(run), {"models": shares})
+        return {"models": len(shares)}
+
+    def tables(self, run):
+        return [("Share of answers with a digit.", pd.DataFrame(self.result(run)["models"]).T)]
+
+    def headlines(self, run):
+        from selfreward.evaluation.estimates import Estimate
+        return {f"toy {n}: answers with a digit %": Estimate.from_dict(e) for n, e in self.result(run)["models"].items()}
+'''
+
+
+def test_a_new_instrument_is_one_module(tiny_run, tmp_path):
+    """A toy instrument in one module (named by SELFREWARD_INSTRUMENTS) runs as a stage, has its chapter and
+    its section in the results, and its headlines in `compare`; no file of the checkout changes."""
+    root, _, _ = tiny_run
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "toy_instrument.py").write_text(TOY)
+    env = {"SELFREWARD_INSTRUMENTS": "toy_instrument", "PYTHONPATH": str(plugin)}
+    before = git_status(".")
+    out = tmp_path / "runs"
+    shutil.copytree(root / "runs", out, ignore=shutil.ignore_patterns("book"))
+    result = run_cli(out, root / "cache", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[toy_digits] running instrument.ipynb (not run before)" in result.stdout
+    assert "[lengths] unchanged, skipped" in result.stdout and "[m1] unchanged, skipped" in result.stdout
+    manifest = json.loads((out / "tiny" / "manifest.json").read_text())
+    assert list(manifest["stages"])[-2:] == ["toy_digits", "results"]
+    html = out / "tiny" / "book" / "_build" / "html" / "run"
+    assert "Toy: answers with a digit" in (html / "toy_digits.html").read_text()
+    results = (html / "results.html").read_text()
+    assert "Toy: answers with a digit" in results and "Share of answers with a digit." in results
+    comparison = subprocess.run([sys.executable, "-m", "selfreward.cli", "compare", str(root / "runs" / "tiny"),
+                                 str(out / "tiny"), "--book", str(tmp_path / "comparison")], capture_output=True,
+                                text=True, env={**__import__("os").environ, **env})
+    assert comparison.returncode == 0, comparison.stderr[-2000:]
+    assert "toy m3: answers with a digit %" in (tmp_path / "comparison" / "_build" / "html" / "comparison.html").read_text()
+    assert git_status(".") == before

@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from selfreward.prompts import (NearDuplicateIndex, parse_rating, check_prompt, cut_at_score, extract_new_prompt, judge_prompt,
-                                judgment_with_score, parse_score, rouge_l, sample_shots, self_instruct_prompt)
+from selfreward.method.prompts import (JUDGE_TEMPLATES, NearDuplicateIndex, check_prompt, extract_new_prompt, judge_prompt,
+                                       parse_rating, parse_score, rouge_l, sample_shots, self_instruct_prompt)
 
 JUDGE_OUTPUTS = [
     ("The response is relevant and complete.\nScore: 4", 4.0),
@@ -44,11 +44,15 @@ def test_parse_score_never_returns_zero_for_garbage():
         assert parse_score(text) is None
 
 
-def test_cut_at_score_and_eft_target():
-    assert cut_at_score("Good answer.\nScore: 3 and more") == "Good answer."
-    assert cut_at_score("No score here") == "No score here"
-    target = judgment_with_score("Clear and relevant. Score: 5", 4)
-    assert target == "Clear and relevant.\nScore: 4" and parse_score(target) == 4
+def test_the_cut_rule_and_eft_target_come_from_the_template():
+    judge = JUDGE_TEMPLATES["additive"]
+    assert judge.reasoning("Good answer.\nScore: 3 and more") == "Good answer."
+    assert judge.reasoning("No score here") == "No score here"
+    target = judge.target("Clear and relevant. Score: 5", 4)
+    assert target == "Clear and relevant.\nScore: 4" and judge.score(target) == 4
+    reading = judge.reading()  # constrained judging cuts the same way
+    assert reading.kept_text("Good answer.\nScore: 3 and more") == "Good answer."
+    assert reading.options == [" 0", " 1", " 2", " 3", " 4", " 5"] and reading.suffix == "\nScore:"
 
 
 def test_judge_prompt_contains_question_response_and_format():
@@ -119,7 +123,7 @@ def test_check_prompt_reasons(text, reason):
     ("(a)", "a"), ("b", "b"), ("Output (a) is clear but Output (b) is better", None), ("Neither", None), ("", None),
 ])
 def test_parse_preference(text, expected):
-    from selfreward.prompts import parse_preference
+    from selfreward.method.prompts import parse_preference
 
     assert parse_preference(text) == expected
 

@@ -1,6 +1,6 @@
 import json
 
-from selfreward import report
+from selfreward.run import report
 
 
 def test_stage_times_sum_the_finished_stages(tmp_path):

@@ -1,5 +1,5 @@
 from selfreward.config import CandidatesConfig, JudgeConfig, SelfInstructConfig
-from selfreward.self_instruction import (candidates_and_judgments, new_prompts, positive_examples,
+from selfreward.method.self_instruction import (candidates_and_judgments, new_prompts, positive_examples,
                                          preference_pairs)
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from selfreward import sizing
+from selfreward.run import sizing
 from selfreward.config import ConfigError, DPOConfig, ModelConfig, TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -6,7 +6,8 @@ from conftest import REPO
 from selfreward.config import load_config
 from selfreward.models import load_model
 from selfreward.rundir import RunDir
-from selfreward.stages import plan, train_next_model
+from selfreward.method.loop import train_next_model
+from selfreward.run.stages import plan
 
 
 def test_the_positive_only_variant_trains_the_next_model_by_sft_on_positives(tiny_model_dir, tmp_path):

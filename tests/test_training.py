@@ -5,8 +5,8 @@ import torch
 
 from selfreward.config import DPOConfig, ModelConfig, TrainConfig
 from selfreward.models import load_model, load_tokenizer
-from selfreward.training import (FastDropout, SelectedLogProbs, SimilarLengthSampler, TrainingError, dpo, dpo_loss,
-                                 dpo_trainer, sft, sft_trainer, token_logprobs, use_fast_dropout)
+from selfreward.method.lean import FastDropout, SelectedLogProbs, dpo_loss, token_logprobs, use_fast_dropout
+from selfreward.method.training import SimilarLengthSampler, TrainingError, dpo, dpo_trainer, sft, sft_trainer
 
 MODEL = ModelConfig(spec="tiny", dtype="float32", finetune="full", device="cpu")
 EXAMPLES = [{"prompt": "What is the capital of France?", "response": "Paris."},

@@ -72,7 +72,7 @@ def test_vllm_backend_is_a_config_choice_checked_before_a_run(tmp_path):
     import importlib.util
 
     from selfreward.config import ConfigError
-    from selfreward.pipeline import preflight
+    from selfreward.run.pipeline import preflight
 
     cfg = load_config(REPO / "params" / "tiny.yaml", ["generation.backend=vllm", "generation.tensor_parallel_size=2"])
     assert cfg.generation.backend == "vllm" and cfg.generation.tensor_parallel_size == 2

@@ -83,7 +83,7 @@ class GenerationConfig:
 
 @dataclass
 class JudgeConfig:
-    prompt: str = "additive"  # a key of selfreward.prompts.JUDGE_TEMPLATES
+    prompt: str = "additive"  # a key of selfreward.method.prompts.JUDGE_TEMPLATES
     samples: int = 3  # k judgments per response, averaged
     mode: Literal["sampled", "constrained"] = "sampled"
     constrained_reduce: Literal["expectation", "argmax"] = "expectation"
@@ -92,7 +92,7 @@ class JudgeConfig:
     max_new_tokens: int = 256
 
     def validate(self, key):
-        from selfreward.prompts import JUDGE_TEMPLATES
+        from selfreward.method.prompts import JUDGE_TEMPLATES
 
         _check(self.prompt in JUDGE_TEMPLATES, f"{key}.prompt",
                f"unknown judge prompt {self.prompt!r}; known: {', '.join(JUDGE_TEMPLATES)}")
@@ -179,7 +179,7 @@ class TrainConfig:
     max_length: int = 1024
     dropout: float = 0.1
     warmup_ratio: float = 0.0
-    # selected: the loss projects only response tokens through the output layer (training.token_logprobs);
+    # selected: the loss projects only response tokens through the output layer (method.lean.token_logprobs);
     # trl: TRL's default head (every position on CPU, plus entropy/accuracy metrics), kept for comparison
     logprobs: Literal["selected", "trl"] = "selected"
     # anything else of TRL's SFTConfig / DPOConfig, passed through (weight_decay, optim, max_grad_norm, ...)
@@ -265,7 +265,7 @@ class EvaluationConfig:
 @dataclass
 class LaunchConfig:
     """How training runs: in the stage's own process (1 process, no accelerate config), or as
-    `accelerate launch -m selfreward.train` over `num_processes` processes (DDP, or what the accelerate
+    `accelerate launch -m selfreward.method.worker` over `num_processes` processes (DDP, or what the accelerate
     config file says: FSDP, DeepSpeed ZeRO-3). Generation and judging stay in the stage's process.
     Not part of any stage's fingerprint: at the same global batch, any number of processes trains the
     same model (tests/test_launch.py)."""

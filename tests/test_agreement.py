@@ -1,6 +1,7 @@
 import pytest
 
-from selfreward.metrics import bootstrap, correlation, orders_as_humans, metrics, pair_outcomes
+from selfreward.evaluation.agreement import accuracy, correlation, metrics, paired_metrics
+from selfreward.method.ranks import orders_as_humans, pair_outcomes
 
 PERFECT = {"scores": [5, 3, 1], "ranks": [0, 1, 2]}
 REVERSED = {"scores": [1, 3, 5], "ranks": [0, 1, 2]}
@@ -34,20 +35,32 @@ def test_exact_match_and_correlations_by_hand():
 
 
 def test_metrics_over_prompts_by_hand():
-    m = metrics([PERFECT, REVERSED, TIED, ONE_REPLY, UNREADABLE])
+    m = {k: e.value for k, e in metrics([PERFECT, REVERSED, TIED, ONE_REPLY, UNREADABLE], samples=50).items()}
     assert m["pairwise_accuracy"] == pytest.approx(5 / 9) and m["pair_ties"] == pytest.approx(1 / 9)
     # replies scored 5: PERFECT rank 0 (best), REVERSED rank 2, ONE_REPLY rank 0 -> 2 of 3
     assert m["five_best"] == pytest.approx(2 / 3)
     assert m["exact_match"] == pytest.approx(2 / 5)  # PERFECT and ONE_REPLY (nothing to disagree with)
     assert m["spearman"] == pytest.approx((1 - 1 + 0.8660254) / 3)
     assert m["parse_failure_rate"] == pytest.approx(1 / 12)
-    assert metrics([])["pairwise_accuracy"] is None
+    # rounded scores 5 3 1 1 3 5 4 4 2 5 4: three 5s, three 4s -> the most frequent holds 3 of 11
+    assert m["top_score_share"] == pytest.approx(3 / 11)
+    assert metrics([], samples=10)["pairwise_accuracy"].value is None
 
 
-def test_bootstrap_interval_contains_the_estimate_and_is_seeded():
+def test_intervals_contain_the_estimate_and_are_seeded():
     prompts = [PERFECT, REVERSED, TIED] * 10
-    result = bootstrap(prompts, samples=200, seed=1)
-    value, low, high = result["pairwise_accuracy"]
-    assert low <= value <= high and low < high
-    assert bootstrap(prompts, samples=200, seed=1) == result
-    assert bootstrap([PERFECT] * 5, samples=50)["pairwise_accuracy"] == (1.0, 1.0, 1.0)
+    result = metrics(prompts, samples=200, seed=1)["pairwise_accuracy"]
+    assert result.low <= result.value <= result.high and result.low < result.high and result.n == 30
+    assert metrics(prompts, samples=200, seed=1)["pairwise_accuracy"] == result
+    perfect = accuracy([PERFECT] * 5, samples=50)
+    assert (perfect.value, perfect.low, perfect.high) == (1.0, 1.0, 1.0)
+
+
+def test_paired_metrics_of_a_judge_and_its_reversal():
+    ids = [{"prompt_id": str(i), **p} for i, p in enumerate([PERFECT, TIED] * 10)]
+    worse = [{**p, "scores": list(reversed(p["scores"]))} for p in ids]
+    difference = paired_metrics(ids, worse, samples=300, seed=0)["pairwise_accuracy"]
+    # PERFECT 3/3 -> 0/3; TIED (4,4,2) 2/3 -> (2,4,4) 0/3: accuracy 5/6 -> 0
+    assert difference.value == pytest.approx(-5 / 6) and difference.high < 0 and difference.mde > 0
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_metrics(ids, list(reversed(worse)))

@@ -1,6 +1,8 @@
 """Run the stage notebooks with papermill, keep a manifest, skip what has not changed.
 
-The run folder's layout is `rundir.RunDir`; the stages are `stages.plan`.
+The run folder's layout is `rundir.RunDir`; the stages are `run.stages.plan`; the notebooks papermill
+executes are `run.notebooks.source`. A stage is skipped only when `_why_run` finds no reason to run it:
+its config sections, inputs and upstream fingerprints are unchanged and its recorded outputs are intact.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ import yaml
 
 from selfreward.config import Config, ConfigError, run_models
 from selfreward.io import read_json, write_json, write_text
-from selfreward.rundir import RunDir, changed_files, file_records, locked
-from selfreward.stages import Stage, plan
+from selfreward.run import notebooks
+from selfreward.run.records import changed_files, file_records, locked
+from selfreward.run.stages import Stage, plan
+from selfreward.rundir import RunDir
 
 KERNEL = "selfreward"
-NOTEBOOKS = Path(os.environ.get("SELFREWARD_NOTEBOOKS", Path(__file__).resolve().parent.parent / "notebooks"))
 PACKAGES = ["selfreward", "torch", "transformers", "trl", "peft", "accelerate", "datasets", "papermill"]
 
 
@@ -157,7 +160,7 @@ def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[st
             continue
         ran.add(stage.name)
         log(f"[{stage.name}] running {stage.notebook} ({reason})")
-        _execute(cfg, run_dir, stage, stages[index + 1:], prints[stage.name], manifest, kernel, log)
+        _execute(cfg, run_dir, stage, stages, prints[stage.name], manifest, kernel, log)
     manifest["counts"] = summary_counts(manifest)
     write_json(run_dir.manifest, manifest)
     return manifest
@@ -183,7 +186,7 @@ def _why_run(stage: Stage, entry: dict, fingerprint: str, run_dir: RunDir, rerun
     return f"outputs changed: {changed}" if changed else None
 
 
-def _execute(cfg: Config, run_dir: RunDir, stage: Stage, later: list[Stage], fingerprint: str, manifest: dict,
+def _execute(cfg: Config, run_dir: RunDir, stage: Stage, stages: list[Stage], fingerprint: str, manifest: dict,
              kernel, log):
     """Execute one stage notebook and record its result, whatever happens to it."""
     import papermill as pm
@@ -200,12 +203,12 @@ def _execute(cfg: Config, run_dir: RunDir, stage: Stage, later: list[Stage], fin
 
     def stop(status: str, **details):
         entry.update(status=status, duration_s=round(time.time() - started, 1), finished=_now(), **details)
-        for stage_after in later:  # their old artifacts no longer follow from this run
+        for stage_after in stages[stages.index(stage) + 1:]:  # their old artifacts no longer follow from this run
             manifest["stages"][stage_after.name] = {"status": "pending"}
         write_json(run_dir.manifest, manifest)
 
     try:
-        pm.execute_notebook(str(NOTEBOOKS / stage.notebook), str(scratch), kernel_name=KERNEL, km=kernel,
+        pm.execute_notebook(notebooks.source(stage, stages), str(scratch), kernel_name=KERNEL, km=kernel,
                             parameters={"config": cfg.to_dict(), "run_dir": str(run_dir.root.resolve()),
                                         "stage": stage.name},
                             log_output=True, progress_bar=False)

@@ -1,8 +1,9 @@
-"""Prompt templates (data), the score parser, the self-instruction prompt and prompt filters.
+"""Prompt templates as data, their parsers, the self-instruction prompt and the prompt filters.
 
-Templates are plain format strings so that they can be read, diffed and swapped by name.
-Parsers are small pure functions that return None when they cannot read their input
-unambiguously: a failed parse is never a score of 0.
+A judge template holds its text (a plain format string, read and diffed by name), its score range, the
+rule that cuts a judgment's reasoning from its score line, and its parser. Parsers are small pure
+functions that return None when they cannot read their input unambiguously: a failed parse is never a
+score of 0. This module may import `generation.contract` (the `Reading` a constrained judge asks for).
 """
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
+
+from selfreward.generation.contract import Reading, cut_before
 
 # ---------------------------------------------------------------- judge prompts
 
@@ -58,13 +62,8 @@ Options:
 Explain your choice in at most 100 words, then finish with "Score: <option number>".
 """
 
-JUDGE_TEMPLATES = {"additive": ADDITIVE_JUDGE, "multiple_choice": MULTIPLE_CHOICE_JUDGE}
 SCORE_PREFIX = "Score: "
 MAX_SCORE = 5
-
-
-def judge_prompt(prompt: str, response: str, template: str = "additive") -> str:
-    return JUDGE_TEMPLATES[template].format(prompt=prompt.strip(), response=response.strip())
 
 
 # "Score: 4", "score: 3.5", "Score: **4**/5", "Score: 5 out of 5"; the label is required.
@@ -100,16 +99,52 @@ def parse_score(text: str, max_score: int = MAX_SCORE) -> float | None:
 SCORE_CUT = r"score\s*[:=]"  # where a judgment's reasoning ends and its score line begins
 
 
-def cut_at_score(judgment: str) -> str:
-    """The judgment's reasoning, without any score the judge already wrote (for constrained scoring)."""
-    match = re.search(SCORE_CUT, judgment, re.IGNORECASE)
-    text = judgment[: match.start()] if match else judgment
-    return text.rstrip()
+@dataclass(frozen=True)
+class ScoreTemplate:
+    """A pointwise judge prompt as data: its text (with {prompt} and {response}), its integer score range,
+    the line that ends a judgment with its score, where the reasoning ends (`cut`) and the score parser."""
+
+    name: str
+    text: str
+    parse: Callable[[str, int], float | None] = parse_score
+    low: int = 0
+    high: int = MAX_SCORE
+    score_line: str = SCORE_PREFIX
+    cut: str = SCORE_CUT
+
+    def prompt(self, prompt: str, response: str) -> str:
+        return self.text.format(prompt=prompt.strip(), response=response.strip())
+
+    def score(self, judgment: str) -> float | None:
+        """The score the judge wrote, or None."""
+        return self.parse(judgment, self.high)
+
+    def reasoning(self, judgment: str) -> str:
+        """The judgment without any score line it wrote (the cut rule, `generation.contract.cut_before`)."""
+        return cut_before(judgment, self.cut)
+
+    def target(self, judgment: str, score: int) -> str:
+        """An EFT training target: the reasoning followed by the canonical score line."""
+        return f"{self.reasoning(judgment)}\n{self.score_line}{score}"
+
+    @property
+    def options(self) -> list[str]:
+        """The score tokens a constrained judge reads, as they follow the score line."""
+        return [f" {d}" for d in range(self.low, self.high + 1)]
+
+    def reading(self) -> Reading:
+        """Constrained judging: the reasoning cut before any score it wrote, then the score line, then
+        P(low..high); writing stops once the judge has written a score digit itself."""
+        return Reading(suffix="\n" + self.score_line.rstrip(), options=self.options, cut=self.cut,
+                       stop=self.cut + r"\s*\**\s*\d")
 
 
-def judgment_with_score(reasoning: str, score: int) -> str:
-    """An EFT training target: the reasoning followed by the canonical score line."""
-    return f"{cut_at_score(reasoning)}\n{SCORE_PREFIX}{score}"
+JUDGE_TEMPLATES = {"additive": ScoreTemplate("additive", ADDITIVE_JUDGE),
+                   "multiple_choice": ScoreTemplate("multiple_choice", MULTIPLE_CHOICE_JUDGE)}
+
+
+def judge_prompt(prompt: str, response: str, template: str = "additive") -> str:
+    return JUDGE_TEMPLATES[template].prompt(prompt, response)
 
 
 # ---------------------------------------------------------------- self-instruction
@@ -267,13 +302,7 @@ Output (b):
 
 Which output is better? Answer with exactly "Output (a)" or "Output (b)".
 """
-PAIRWISE_PREFIX = "Output ("  # constrained verdicts: read P(a) vs P(b) after this
 _VERDICT = re.compile(r"output\s*\(\s*([ab])\s*\)", re.IGNORECASE)
-
-
-def pairwise_prompt(instruction: str, output_a: str, output_b: str) -> str:
-    return PAIRWISE_JUDGE.format(instruction=instruction.strip(), output_a=output_a.strip(),
-                                 output_b=output_b.strip())
 
 
 def parse_preference(text: str) -> str | None:
@@ -283,6 +312,23 @@ def parse_preference(text: str) -> str | None:
         return found.pop()
     bare = (text or "").strip().strip(".()\"' ").lower()
     return bare if bare in ("a", "b") else None
+
+
+@dataclass(frozen=True)
+class PairwiseTemplate:
+    """A pairwise judge prompt as data: its text, its two options, the answer prefix after which a
+    constrained judge's P(a) vs P(b) is read, and the verdict parser."""
+
+    text: str
+    options: tuple[str, str] = ("a", "b")
+    answer_prefix: str = "Output ("
+    parse: Callable[[str], str | None] = parse_preference
+
+    def prompt(self, instruction: str, output_a: str, output_b: str) -> str:
+        return self.text.format(instruction=instruction.strip(), output_a=output_a.strip(), output_b=output_b.strip())
+
+
+PAIRWISE = PairwiseTemplate(PAIRWISE_JUDGE)
 
 
 # ---------------------------------------------------------------- MT-Bench single-answer grading
@@ -319,18 +365,7 @@ form: "Rating: [[5]]".
 [The assistant's second answer]
 {answer_2}
 """
-RATING_PREFIX = "Rating: [["  # constrained grading reads the rating's digits after this
 MAX_RATING = 10
-
-
-def mt_bench_prompt(questions: list[str], answers: list[str]) -> str:
-    """The grading prompt for the last turn of a one- or two-turn MT-Bench exchange."""
-    if len(questions) == 1:
-        return MT_BENCH_JUDGE.format(question=questions[0].strip(), answer=answers[0].strip(), reference_note="")
-    return MT_BENCH_JUDGE_SECOND_TURN.format(question_1=questions[0].strip(), answer_1=answers[0].strip(),
-                                             question_2=questions[1].strip(), answer_2=answers[1].strip())
-
-
 _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 
 
@@ -341,3 +376,26 @@ def parse_rating(text: str) -> float | None:
         return None
     value = values.pop()
     return value if 1 <= value <= MAX_RATING else None
+
+
+@dataclass(frozen=True)
+class RatingTemplate:
+    """Single-answer grading as data (MT-Bench): the first- and second-turn texts, the rating range, the
+    answer prefix after which a constrained judge's rating digits are read, and the rating parser."""
+
+    first_turn: str
+    second_turn: str
+    low: int = 1
+    high: int = MAX_RATING
+    answer_prefix: str = "Rating: [["
+    parse: Callable[[str], float | None] = parse_rating
+
+    def prompt(self, questions: list[str], answers: list[str]) -> str:
+        """The grading prompt for the last turn of a one- or two-turn exchange."""
+        if len(questions) == 1:
+            return self.first_turn.format(question=questions[0].strip(), answer=answers[0].strip(), reference_note="")
+        return self.second_turn.format(question_1=questions[0].strip(), answer_1=answers[0].strip(),
+                                       question_2=questions[1].strip(), answer_2=answers[1].strip())
+
+
+MT_BENCH_RATING = RatingTemplate(MT_BENCH_JUDGE, MT_BENCH_JUDGE_SECOND_TURN)

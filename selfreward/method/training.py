@@ -2,6 +2,10 @@
 
 Each run starts from a plain checkpoint folder and saves one (LoRA adapters merged), so the
 model sequence SFT baseline -> M1 -> M2 -> M3 is a chain of ordinary checkpoints.
+
+`sft` and `dpo` train in this process, or, with a multi-process `launch`, hand the job to
+`method.launch`, which starts `accelerate launch -m selfreward.method.worker`; each worker process
+calls `train_here`. The launcher imports nothing of this module and this module nothing of the worker.
 """
 from __future__ import annotations
 
@@ -14,12 +18,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from datasets import Dataset, load_from_disk
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from selfreward.models import (chat_format_for, final_logit_cap, load_model, load_tokenizer, pick_device,
-                               resolve_dtype, save_model, soft_cap)
+from selfreward.method import launch as launcher
+from selfreward.method.lean import LeanDPOTrainer, LeanSFTTrainer
+from selfreward.models import chat_format_for, load_model, load_tokenizer, pick_device, resolve_dtype, save_model
 
 
 class TrainingError(ValueError):
@@ -64,193 +68,6 @@ def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
     )
 
 
-# ---------------------------------------------------------------- log-probabilities at response tokens only
-
-def token_logprobs(model, input_ids, attention_mask, labels, recompute: bool = False):
-    """log p(next token) at every position whose next label is not -100, as a [batch, length - 1] fp32
-    tensor (0 elsewhere), with the positions' mask.
-
-    The output layer runs on those positions only, never on prompts or padding (TRL's default head
-    scores every position on CPU and adds full-vocabulary entropy and top-1 statistics for logging),
-    and `SelectedLogProbs` keeps its backward to one pass over the logits."""
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
-    mask = targets != -100
-    weight = model.get_output_embeddings().weight
-    values = SelectedLogProbs.apply(hidden[:, :-1][mask], weight, targets[mask], final_logit_cap(model), recompute)
-    # masked_scatter keeps a batch without any response token connected to the graph (a zero loss)
-    return values.new_zeros(mask.shape).masked_scatter(mask, values), mask
-
-
-class SelectedLogProbs(torch.autograd.Function):
-    """log_softmax(hidden @ weight.T)[target] for N positions, by hand in both directions.
-
-    Autograd would keep fp32 logits and, in the backward, allocate a zero [N, vocab] tensor for the
-    gather and make several passes over fresh [N, vocab] tensors; on a CPU the page faults of those
-    allocations cost more than the arithmetic. Here the softmax statistics and the gradient of the
-    logits, onehot(target) - softmax, are formed in place in one reused fp32 buffer, chunk by chunk.
-    The logits (in the compute dtype) are kept for the backward, or with `recompute` (GPUs, where
-    memory is scarce and FLOPs are not) rebuilt from the hidden states chunk by chunk."""
-
-    CHUNK = 512  # positions per fp32 buffer: 512 x 262k x 4 bytes = 0.5 GiB
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, cap, recompute):
-        device = hidden.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        hidden, w = hidden.to(dtype), weight.to(dtype)
-        logits = SelectedLogProbs._logits(hidden, w, cap)
-        exact = torch.promote_types(dtype, torch.float32)  # softmax statistics in fp32 at least
-        lse = torch.empty(len(targets), dtype=exact, device=hidden.device)
-        buffer = torch.empty(min(len(targets), SelectedLogProbs.CHUNK), w.shape[0], dtype=exact, device=hidden.device)
-        for rows in SelectedLogProbs._chunks(len(targets)):
-            top = logits[rows].amax(-1, keepdim=True).to(exact)
-            chunk = torch.sub(logits[rows], top, out=buffer[:rows.stop - rows.start])
-            lse[rows] = chunk.exp_().sum(-1).log_() + top.squeeze(-1)
-        values = logits.gather(-1, targets[:, None]).squeeze(-1).to(exact) - lse
-        ctx.cap, ctx.recompute, ctx.weight_dtype = cap, recompute, weight.dtype
-        ctx.save_for_backward(hidden, w, targets, lse, None if recompute else logits)
-        return values
-
-    @staticmethod
-    def _logits(hidden, w, cap):
-        return soft_cap(hidden @ w.T, cap)
-
-    @staticmethod
-    def _chunks(n: int):
-        return [slice(start, min(start + SelectedLogProbs.CHUNK, n)) for start in range(0, n, SelectedLogProbs.CHUNK)]
-
-    @staticmethod
-    def backward(ctx, grad):
-        hidden, w, targets, lse, logits = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(w.shape, dtype=lse.dtype, device=w.device) if ctx.needs_input_grad[1] else None
-        rows_max = min(len(targets), SelectedLogProbs.CHUNK)
-        buffer = torch.empty(rows_max, w.shape[0], dtype=lse.dtype, device=w.device)
-        low = buffer if w.dtype == lse.dtype else torch.empty(rows_max, w.shape[0], dtype=w.dtype, device=w.device)
-        for rows in SelectedLogProbs._chunks(len(targets)):
-            n = rows.stop - rows.start
-            z = SelectedLogProbs._logits(hidden[rows], w, ctx.cap) if ctx.recompute else logits[rows]
-            g = grad[rows].to(lse.dtype)[:, None]
-            # d log p[target] / d logits = onehot(target) - softmax, times the incoming gradient
-            dlogits = torch.sub(z, lse[rows, None], out=buffer[:n]).exp_().mul_(-g)
-            dlogits.scatter_add_(1, targets[rows, None], g)
-            if ctx.cap:  # through cap * tanh(z / cap)
-                dlogits.mul_(1 - (z.to(lse.dtype) / ctx.cap) ** 2)
-            grad_hidden[rows] = (dlogits if low is buffer else low[:n].copy_(dlogits)) @ w
-            if grad_weight is not None:
-                grad_weight.addmm_(dlogits.T, hidden[rows].to(lse.dtype))
-        grad_weight = None if grad_weight is None else grad_weight.to(ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None
-
-
-class FastDropout(torch.nn.Module):
-    """nn.Dropout with the same law, its mask drawn with `torch.rand` instead of `bernoulli_`, which
-    on CPU took 30% of a LoRA training step (every adapter has its own dropout)."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        keep = torch.rand(x.shape, device=x.device) >= self.p  # fp32 draws: bf16 ones are too coarse
-        return x * keep.to(x.dtype) * (1 / (1 - self.p))
-
-
-def use_fast_dropout(model):
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is torch.nn.Dropout:
-                setattr(module, name, FastDropout(child.p))
-    return model
-
-
-# The lean trainers subclass TRL's and rely on these TRL internals; check them on a TRL upgrade:
-# - the SFT batch carries `input_ids`, `attention_mask` and `labels` (-100 outside the completion);
-# - the DPO batch carries `input_ids`, `attention_mask` and `completion_mask`, chosen rows first,
-#   then the rejected rows in the same order;
-# - `self._metrics[mode][name]` lists are what TRL logs (averaged per logging step);
-# - `self._total_train_tokens` is SFTTrainer's running token count, logged as `num_tokens`;
-# - `self.ref_model` (None under LoRA, where the reference is the model with its adapter disabled);
-# - with `precompute_ref_log_probs`, TRL calls `compute_ref_log_probs(model, batch)` for every batch in
-#   its __init__ and adds `ref_chosen_logps` / `ref_rejected_logps` to the batches.
-
-class _WithFastDropout:
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        use_fast_dropout(self.model)
-
-
-class LeanSFTTrainer(_WithFastDropout, SFTTrainer):
-    """TRL's SFTTrainer with the loss from `token_logprobs`; data handling, optimisation, scheduling
-    and logging stay TRL's."""
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps, mask = token_logprobs(model, inputs["input_ids"], inputs["attention_mask"], inputs["labels"],
-                                     recompute=self.args.gradient_checkpointing)
-        # the same normalisation as TRL's: tokens of the whole accumulated batch when known
-        tokens = mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = -logps.sum() / torch.as_tensor(tokens).clamp(min=1)
-        if model.training:
-            self._total_train_tokens += int(inputs["attention_mask"].sum())
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-        return (loss, None) if return_outputs else loss
-
-
-def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
-    """The paper's sigmoid DPO loss. Both inputs hold one sequence log-probability per row, the chosen
-    rows first, then the rejected rows in the same order. Returns the mean loss and, per pair, the
-    implicit rewards beta * (log pi - log pi_ref) of both replies and their margin."""
-    chosen, rejected = (policy_logps - reference_logps).chunk(2)
-    margin = beta * (chosen - rejected)
-    return -F.logsigmoid(margin).mean(), {"rewards/chosen": beta * chosen, "rewards/rejected": beta * rejected,
-                                          "rewards/margins": margin, "rewards/accuracies": (margin > 0).float()}
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """No dropout for the length of a block, then the mode the model was in."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-class LeanDPOTrainer(_WithFastDropout, DPOTrainer):
-    """TRL's DPOTrainer with `dpo_loss` on log-probabilities from `token_logprobs`. The reference
-    log-probabilities are computed once, before training (`precompute_ref_log_probs`), by
-    `compute_ref_log_probs`: a deterministic eval-mode forward of the starting model."""
-
-    def compute_ref_log_probs(self, model, inputs):
-        """log pi_ref of the chosen and the rejected rows of a batch. The reference is the starting model
-        without dropout (the policy keeps its dropout): under LoRA the same weights with the adapter off."""
-        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-        reference = self.ref_model or model
-        adapter_off = self.accelerator.unwrap_model(self.model).disable_adapter() \
-            if self.ref_model is None and hasattr(self.model, "disable_adapter") else contextlib.nullcontext()
-        with torch.no_grad(), adapter_off, eval_mode(reference):
-            logps = token_logprobs(reference, inputs["input_ids"], inputs["attention_mask"], labels)[0].sum(-1)
-        return logps.chunk(2)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["input_ids"].masked_fill(inputs["completion_mask"] == 0, -100)
-        logps = token_logprobs(model, inputs["input_ids"], inputs["attention_mask"], labels,
-                               recompute=self.args.gradient_checkpointing)[0].sum(-1)
-        if "ref_chosen_logps" in inputs:
-            reference = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps)
-        else:
-            reference = torch.cat(self.compute_ref_log_probs(model, inputs))
-        loss, rewards = dpo_loss(logps, reference, self.beta)
-        mode = "train" if model.training else "eval"
-        chosen_logps, rejected_logps = logps.detach().chunk(2)
-        for key, value in {**rewards, "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}.items():
-            self._metrics[mode][key].append(float(value.detach().float().mean()))
-        return (loss, None) if return_outputs else loss
-
 
 def _load_for_training(model_dir: str, model_cfg, dropout: float):
     from peft import LoraConfig
@@ -282,7 +99,7 @@ def sft_trainer(model_dir: str, examples: list[dict], train_cfg, model_cfg, outp
 def sft(model_dir: str, out_dir, examples: list[dict], train_cfg, model_cfg, seed: int = 0, launch=None,
         **checkpoints) -> dict:
     """Supervised fine-tuning on {prompt, response} examples; returns the training log summary. With a
-    multi-process `launch` (config.LaunchConfig), it runs under `accelerate launch` (selfreward.train)."""
+    multi-process `launch` (config.LaunchConfig), it runs under `accelerate launch` (selfreward.method.worker)."""
     return _train("sft", model_dir, out_dir, examples, train_cfg, model_cfg, seed, launch, **checkpoints)
 
 
@@ -310,14 +127,20 @@ def dpo(model_dir: str, out_dir, pairs: list[dict], train_cfg, model_cfg, seed: 
 
 def _train(kind: str, model_dir: str, out_dir, rows: list[dict], train_cfg, model_cfg, seed: int, launch=None,
            checkpoint_dir=None, checkpoint_every: int = 0) -> dict:
-    """Train `kind` (sft or dpo) and save the final model (adapters merged) into `out_dir`. With
-    `checkpoint_every`, the model is also saved every that many steps into `checkpoint_dir/checkpoint-<step>`
-    (LoRA: the adapter only; see `materialize_checkpoint`), and the summary lists them. With a multi-process
-    `launch`, this runs in each process of `accelerate launch` instead (selfreward.train)."""
+    """Train `kind` (sft or dpo) here, or in the processes of a multi-process `launch`."""
     checkpoints = {"checkpoint_dir": checkpoint_dir, "checkpoint_every": checkpoint_every} if checkpoint_every else {}
     if launch is not None and launch.multi_process:
-        from selfreward.train import in_processes
-        return in_processes(kind, model_dir, out_dir, rows, train_cfg, model_cfg, launch, seed, **checkpoints)
+        return launcher.in_processes(kind, model_dir, out_dir, rows, train_cfg, model_cfg, launch, seed,
+                                     **checkpoints)
+    return train_here(kind, model_dir, out_dir, rows, train_cfg, model_cfg, seed, **checkpoints)
+
+
+def train_here(kind: str, model_dir: str, out_dir, rows: list[dict], train_cfg, model_cfg, seed: int,
+               checkpoint_dir=None, checkpoint_every: int = 0) -> dict:
+    """Train `kind` (sft or dpo) in this process (alone, or as one of a launch's processes) and save the
+    final model (adapters merged) into `out_dir`. With `checkpoint_every`, the model is also saved every
+    that many steps into `checkpoint_dir/checkpoint-<step>` (LoRA: the adapter only; see
+    `materialize_checkpoint`), and the summary lists them."""
     make_trainer = dpo_trainer if kind == "dpo" else sft_trainer
     with _work_dir(out_dir) as work:
         trainer = make_trainer(model_dir, rows, train_cfg, model_cfg, str(checkpoint_dir or work), seed)

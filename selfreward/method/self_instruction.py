@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import random
 
-from selfreward.judging import score_groups
-from selfreward.prompts import (MAX_SCORE, NearDuplicateIndex, check_prompt, extract_new_prompt,
+from selfreward.method.judging import score_groups
+from selfreward.method.prompts import (MAX_SCORE, NearDuplicateIndex, check_prompt, extract_new_prompt,
                                 self_instruct_prompt, sample_shots)
 
 

@@ -1,10 +1,10 @@
-"""Training over several processes: `accelerate launch -m selfreward.train JOB.json`.
+"""The launcher: training over several processes, `accelerate launch -m selfreward.method.worker JOB.json`.
 
 The stage's process writes a job (what to train, on what rows, with which params), starts accelerate
 with `launch.num_processes` processes (DDP by default, or what `launch.accelerate_config` says: FSDP,
 DeepSpeed ZeRO-3), streams their log into the notebook, and reads back the summary the main process
 wrote. A failure ends the stage with the exit status and the last error line. With one process and no
-accelerate config, `training.sft` / `training.dpo` never come here.
+accelerate config, `method.training` trains in its own process and never comes here.
 """
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ from pathlib import Path
 from selfreward.io import write_json
 
 
+class LaunchError(RuntimeError):
+    """A launched training job that failed; the message is one line with its last error line."""
+
+
 def accelerate_command(launch, job: str, port: int, mixed_precision: str = "no") -> list[str]:
     """The `accelerate launch` command line for a job file."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(launch.num_processes),
@@ -30,7 +34,7 @@ def accelerate_command(launch, job: str, port: int, mixed_precision: str = "no")
         command += ["--config_file", launch.accelerate_config]
     elif launch.num_processes > 1:
         command += ["--multi_gpu"]  # torchrun's launcher; on CPU the Trainer then uses gloo
-    return command + ["-m", "selfreward.train", job]
+    return command + ["-m", "selfreward.method.worker", job]
 
 
 def free_port() -> int:
@@ -56,7 +60,6 @@ def in_processes(kind: str, model_dir: str, out_dir, rows: list[dict], train_cfg
                  checkpoint_dir=None, checkpoint_every: int = 0) -> dict:
     """Train `kind` (sft or dpo) under `accelerate launch`; returns the main process's summary."""
     from selfreward.models import resolve_dtype
-    from selfreward.training import TrainingError
 
     dtype = resolve_dtype(model_cfg.dtype, model_cfg.device)
     mixed_precision = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, "no")
@@ -67,7 +70,7 @@ def in_processes(kind: str, model_dir: str, out_dir, rows: list[dict], train_cfg
                          "seed": seed, "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
                          "checkpoint_every": checkpoint_every, "summary": str(summary_path)})
         command = accelerate_command(launch, str(job), free_port(), mixed_precision)
-        print(f"[{kind}] {launch.num_processes} processes: accelerate launch ... -m selfreward.train", flush=True)
+        print(f"[{kind}] {launch.num_processes} processes: accelerate launch ... -m selfreward.method.worker", flush=True)
         tail = collections.deque(maxlen=200)
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               bufsize=1) as process:
@@ -75,29 +78,8 @@ def in_processes(kind: str, model_dir: str, out_dir, rows: list[dict], train_cfg
                 print(line, end="", flush=True)
                 tail.append(line)
         if process.returncode != 0:
-            raise TrainingError(f"{kind}: accelerate launch exited with status {process.returncode}: "
+            raise LaunchError(f"{kind}: accelerate launch exited with status {process.returncode}: "
                                 f"{last_error_line(tail)}")
         if not summary_path.is_file():
-            raise TrainingError(f"{kind}: accelerate launch finished but wrote no summary")
+            raise LaunchError(f"{kind}: accelerate launch finished but wrote no summary")
         return json.loads(summary_path.read_text())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One process of a launched training job (run by accelerate, not by hand)."""
-    from selfreward import config, training
-
-    job = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
-    train_class = config.DPOConfig if job["kind"] == "dpo" else config.TrainConfig
-    train_cfg = config.build(train_class, job["train"], job["kind"])
-    model_cfg = config.build(config.ModelConfig, job["model"], "model")
-    checkpoints = {"checkpoint_dir": job["checkpoint_dir"], "checkpoint_every": job["checkpoint_every"]} \
-        if job["checkpoint_every"] else {}
-    run = training.dpo if job["kind"] == "dpo" else training.sft
-    summary = run(job["model_dir"], job["out_dir"], job["rows"], train_cfg, model_cfg, job["seed"], **checkpoints)
-    if training.is_main_process():
-        write_json(job["summary"], summary)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,8 +15,8 @@ import math
 import random
 from collections import Counter
 
-from selfreward.metrics import orders_as_humans
-from selfreward.prompts import judge_prompt, judgment_with_score
+from selfreward.method.ranks import orders_as_humans
+from selfreward.method.prompts import JUDGE_TEMPLATES
 
 
 def rebalance(examples: list[dict], max_share: float, seed: int) -> list[dict]:
@@ -62,13 +62,13 @@ def build_eft(threads: list[dict], rows: list[dict], template: str) -> tuple[lis
     `rows` are `judging.ranked_rows(threads)`: one per thread, its replies' results in order. Each
     example carries the reply's human `rank` and its `prompt_id` beside the `score` it teaches.
     """
-    examples, records = [], []
+    examples, records, judge = [], [], JUDGE_TEMPLATES[template]
     for thread, row in zip(threads, rows, strict=True):
         taught = teachable_judgments(row["results"], row["ranks"]) if len(row["ranks"]) >= 2 else None
         records.append({**row, "agrees": taught is not None,
                         "taught_scores": [score for _, score in taught] if taught else None})
         for reply, (text, score) in zip(thread["replies"], taught or []):
-            examples.append({"prompt": judge_prompt(thread["prompt"], reply["text"], template),
-                             "response": judgment_with_score(text, score), "score": score,
+            examples.append({"prompt": judge.prompt(thread["prompt"], reply["text"]),
+                             "response": judge.target(text, score), "score": score,
                              "rank": reply["rank"], "prompt_id": thread["prompt_id"]})
     return examples, records

@@ -11,9 +11,11 @@ import os
 import random
 from pathlib import Path
 
+from selfreward import CHECKOUT
+
 
 # A mirror kept beside the checkout (as in this project's workplace) is used when present.
-MIRROR_BESIDE_CHECKOUT = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+MIRROR_BESIDE_CHECKOUT = CHECKOUT.parent / "shared" / "data"
 
 
 class DataError(ValueError):

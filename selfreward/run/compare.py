@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from selfreward import evaluation
+from selfreward.evaluation.estimates import Estimate
 from selfreward.io import read_json
 from selfreward.rundir import RunDir
 
@@ -28,43 +30,28 @@ def config_diff(run_a, run_b) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["param", "A", "B"]).set_index("param")
 
 
-def _interval(entry, scale: float = 100, digits: int = 1) -> str | None:
-    """'value [low, high]' from {value, low, high} or (value, low, high); None when absent."""
-    if not entry:
-        return None
-    value, low, high = (entry["value"], entry["low"], entry["high"]) if isinstance(entry, dict) else entry
-    if value is None:
-        return None
-    text = f"{value * scale:.{digits}f}"
-    return text if low is None else f"{text} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
+def _text(value, name: str) -> str:
+    """A headline as text: an Estimate with its interval (percentages where the name says %), or as given."""
+    if isinstance(value, Estimate):
+        return value.format(100, 1) if name.endswith("%") else value.format(1, 2)
+    return "—" if value is None else str(value)
 
 
 def headline_metrics(run_dir) -> dict[str, str]:
-    """A run's headline numbers as text, each with its 95% interval where it has one."""
+    """A run's headline numbers as text, each with its 95% interval where it has one: the method's counts,
+    then every instrument's headlines."""
     run = RunDir(run_dir)
     manifest = read_json(run.manifest)
-    found: dict[str, str | None] = {}
+    found: dict[str, str] = {}
     for key in ("ift", "eft"):
-        found[f"{key.upper()} examples"] = manifest.get("counts", {}).get(key)
+        found[f"{key.upper()} examples"] = _text(manifest.get("counts", {}).get(key), key)
     for name, entry in manifest["stages"].items():
         if name.startswith("iteration_"):
-            found[f"{name}: preference pairs"] = entry.get("counts", {}).get("pairs")
-    if run.head_to_head.is_file():
-        for name, c in read_json(run.head_to_head)["comparisons"].items():
-            found[f"{name}: win/tie/loss %"] = f"{c['win_pct']:.1f}/{c['tie_pct']:.1f}/{c['loss_pct']:.1f}"
-            found[f"{name}: soft win rate %"] = _interval(c.get("soft_win_rate"))
-            found[f"{name}: judge"] = "informative" if c["judge_health"]["informative"] else "uninformative"
-    if run.reward_model.is_file():
-        for label, entry in read_json(run.reward_model)["models"].items():
-            found[f"reward model {label}: pairwise accuracy %"] = _interval(entry["metrics"]["pairwise_accuracy"])
-    if run.human_preference.is_file():
-        for name, entry in read_json(run.human_preference)["models"].items():
-            found[f"human preference {name}: likelihood %"] = _interval(entry["length_normalised"])
-            found[f"human preference {name}: implicit reward %"] = _interval(entry["implicit_reward"])
-    if run.mt_bench.is_file():
-        for name, entry in read_json(run.mt_bench)["models"].items():
-            found[f"MT-Bench {name}: overall"] = _interval(entry["overall"], scale=1, digits=2)
-    return {key: "—" if value is None else str(value) for key, value in found.items()}
+            found[f"{name}: preference pairs"] = _text(entry.get("counts", {}).get("pairs"), name)
+    for instrument in evaluation.registered():
+        if instrument.done(run):
+            found.update({key: _text(value, key) for key, value in instrument.headlines(run).items()})
+    return found
 
 
 def metrics_side_by_side(run_a, run_b) -> pd.DataFrame:
@@ -83,9 +70,10 @@ def build(run_a, run_b, book_dir=None) -> Path:
     """Execute the comparison notebook for two runs and build it as a book; returns its index.html."""
     import papermill as pm
 
-    from selfreward.book import BOOK, BookError, jupyter_book
     from selfreward.io import write_text
-    from selfreward.pipeline import KERNEL, NOTEBOOKS, ensure_kernel
+    from selfreward.run.book import BOOK, BookError, jupyter_book
+    from selfreward.run.notebooks import NOTEBOOKS
+    from selfreward.run.pipeline import KERNEL, ensure_kernel
 
     a, b = RunDir(run_a), RunDir(run_b)
     for run in (a, b):

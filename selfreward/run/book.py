@@ -14,10 +14,11 @@ from pathlib import Path
 import nbformat
 import yaml
 
+from selfreward import CHECKOUT
 from selfreward.io import read_json, write_text
 from selfreward.rundir import RunDir
 
-BOOK = Path(__file__).resolve().parent.parent / "book"  # the template and the published reference book
+BOOK = CHECKOUT / "book"  # the template and the published reference book
 TEMPLATE_FILES = ["_config.yml", "intro.md", "images"]
 
 
@@ -129,7 +130,7 @@ def prepare(run_dir, book_dir=None) -> Path:
 
 def about(run: RunDir) -> str:
     """Which run, profile, model and machine the chapters of this book come from (shown in the intro)."""
-    from selfreward.report import hardware_line
+    from selfreward.run.report import hardware_line
 
     manifest = read_json(run.manifest)
     cfg = manifest["config"]

@@ -1,20 +1,42 @@
-"""What the stage chapters show beyond their counts: training curves, what the models wrote, and how
-the judge behaved in each iteration. (The results chapter's tables are in `report`.)"""
+"""What the chapters show beyond their counts: training curves, how the self-judge behaved in each
+iteration, and any instrument's tables, figures and paired differences (`instrument`). (The results
+chapter's own parts are in `run.report`.)"""
 from __future__ import annotations
-
-import math
-from collections import Counter
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Markdown, display
 
-from selfreward.config import run_models
+from selfreward import evaluation
+from selfreward.evaluation import health
+from selfreward.evaluation.instrument import differences_table
 from selfreward.io import read_json, read_jsonl
+from selfreward.method.prompts import MAX_SCORE
 from selfreward.rundir import RunDir
 
 DPO_CURVES = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"]
 SFT_CURVES = ["loss", "learning_rate"]
-ONE_SCORE_ALARM = 0.8  # a judge giving one (rounded) score to more than this share of candidates: "always 4"
+
+
+# ---------------------------------------------------------------- an instrument
+
+def instrument(run_dir, name: str):
+    """Display an instrument's tables (each under its caption), its figures and its paired differences."""
+    run, measured = RunDir(run_dir), evaluation.get(name)
+    if not measured.done(run):
+        display(Markdown(f"*{measured.title}: not measured in this run.*"))
+        return
+    for caption, table in measured.tables(run):
+        display(Markdown(caption))
+        display(table)
+    for figure in measured.figures(run):
+        display(figure)
+        plt.close(figure)
+    found = measured.differences(run)
+    if found:
+        display(Markdown("Paired differences between models (the same items for both; MDE: the smallest "
+                         "difference this n detects with 80% power):"))
+        display(differences_table(found))
 
 
 # ---------------------------------------------------------------- training
@@ -100,15 +122,15 @@ def checkpoint_selection(run_dir, iteration: int) -> pd.DataFrame | str:
     data = read_json(path)
     rows = [{"step": c["step"], "win rate vs M_t % (ties ½)": c["win_rate_vs_m_t"],
              "win/tie/loss": "/".join(map(str, c["win_tie_loss"])),
-             "soft win rate %": None if not c["soft_win_rate"] else 100 * c["soft_win_rate"]["value"],
+             "soft win rate %": None if c["soft_win_rate"] is None else 100 * c["soft_win_rate"],
              "chosen": "yes" if c["step"] == data["chosen_step"] else ""} for c in data["checkpoints"]]
     return pd.DataFrame(rows).set_index("step").round(1)
 
 
 def judge_health(run_dir) -> pd.DataFrame:
-    """How the self-judge behaved in EFT and in each iteration: unreadable judgments, the most frequent
-    (rounded) score and its share (an alarm above 80%: "always 4"), prompts whose candidates all tie, and
-    the length gap between chosen and rejected replies (a sign of length bias)."""
+    """How the self-judge behaved in EFT and in each iteration (`evaluation.health.scores`): unreadable
+    judgments, the most frequent (rounded) score and its share (an alarm above 80%: "always 4"), prompts
+    whose candidates all tie, and the length gap between chosen and rejected replies (a sign of length bias)."""
     run, rows = RunDir(run_dir), []
     if run.eft_judgments.is_file():
         results = [res for r in read_jsonl(run.eft_judgments) for res in r["results"]]
@@ -125,14 +147,13 @@ def judge_health(run_dir) -> pd.DataFrame:
 
 def _health_row(label: str, results: list[dict], records, pairs) -> dict:
     judgments = [j for res in results for j in res["judgments"]]
-    scores = [math.floor(res["score"] + 0.5) for res in results if res["score"] is not None]
-    top, top_count = Counter(scores).most_common(1)[0] if scores else (None, 0)
-    share = top_count / len(scores) if scores else None
+    h = health.scores([res["score"] for res in results], 0, MAX_SCORE)
+    stats, share = h.stats, h.stats["its_share"]
     row = {"judged by": label, "judgments": len(judgments),
            "unreadable %": 100 * sum(j["score"] is None for j in judgments) / max(len(judgments), 1),
-           "most frequent score": top, "its share %": None if share is None else 100 * share,
-           "alarm": f"one score takes {share:.0%}" if share is not None and share > ONE_SCORE_ALARM else "",
-           "score histogram (0-5)": " ".join(str(scores.count(s)) for s in range(6))}
+           "most frequent score": stats["most_frequent_score"], "its share %": None if share is None else 100 * share,
+           "alarm": f"one score takes {share:.0%}" if stats["one_score_alarm"] else "",
+           "score histogram (0-5)": " ".join(str(n) for n in stats["histogram"].values()), "judge": h.label()}
     if records is not None:
         tied = [r for r in records if len({c["score"] for c in r["candidates"] if c["score"] is not None}) == 1]
         row["all-tied prompts %"] = 100 * len(tied) / max(len(records), 1)
@@ -150,50 +171,11 @@ def plot_judge_health(run_dir):
         counts = [int(c) for c in row["score histogram (0-5)"].split()]
         total = max(sum(counts), 1)
         ax.bar([s + i * width for s in range(6)], [100 * c / total for c in counts], width=width, label=label)
-    ax.axhline(100 * ONE_SCORE_ALARM, color="grey", linestyle=":", label="alarm: one score")
+    ax.axhline(100 * health.ONE_SCORE_ALARM, color="grey", linestyle=":", label="alarm: one score")
     ax.set_xticks([s + 0.4 - width / 2 for s in range(6)], [str(s) for s in range(6)])
     ax.set_xlabel("candidate score (rounded mean of k judgments)")
     ax.set_ylabel("% of candidates")
     ax.set_title("The self-judge's scores in each iteration")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-# ---------------------------------------------------------------- what the models wrote
-
-def side_by_side(run_dir, count: int = 3, width: int = 500) -> pd.DataFrame:
-    """The first few evaluation prompts with every model's answer, and the judge's verdict on M_last vs the
-    SFT baseline (hard outcome and position-debiased preference)."""
-    run = RunDir(run_dir)
-    names = run_models(read_json(run.manifest)["config"]["iterations"])
-    answers = {n: read_jsonl(run.responses(n)) for n in names if run.responses(n).is_file()}
-    h2h = read_json(run.head_to_head)["comparisons"] if run.head_to_head.is_file() else {}
-    verdicts = h2h.get(f"{names[-1]} vs sft_baseline", {}).get("records", [])
-    rows = []
-    for i in range(min(count, len(next(iter(answers.values()), [])))):
-        row = {"prompt": answers[names[0]][i]["instruction"][:width]}
-        row.update({n: answers[n][i]["response"][:width] for n in answers})
-        if i < len(verdicts):
-            soft = verdicts[i].get("soft_preference")
-            row[f"judge: {names[-1]} vs sft_baseline"] = verdicts[i]["outcome"] + (
-                "" if soft is None else f" (P = {soft:.2f})")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def plot_lengths(run_dir):
-    """Mean answer length per model on the evaluation prompts (the paper's Table 3 shape: it grows)."""
-    run = RunDir(run_dir)
-    names = [n for n in run_models(read_json(run.manifest)["config"]["iterations"]) if run.responses(n).is_file()]
-    means = [sum(len(r["response"]) for r in read_jsonl(run.responses(n))) / max(len(read_jsonl(run.responses(n))), 1)
-             for n in names]
-    fig, ax = plt.subplots(figsize=(5, 2.6))
-    ax.plot(names, means, marker="o", label="this run")
-    paper = {"m1": 1100, "m2": 1550, "m3": 2550}  # the paper's mean lengths, roughly (characters)
-    ax.plot([n for n in names if n in paper], [paper[n] for n in names if n in paper], "s--", label="paper")
-    ax.set_ylabel("mean characters")
-    ax.set_title("Answer length per model")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

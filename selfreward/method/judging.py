@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from selfreward.generation import Reading
-from selfreward.prompts import MAX_SCORE, SCORE_CUT, judge_prompt, parse_score
+from selfreward.method.prompts import JUDGE_TEMPLATES
 
-SCORE_OPTIONS = [f" {d}" for d in range(MAX_SCORE + 1)]
-# constrained mode: the judge's reasoning, cut before any score it wrote itself, then "Score:" and P(0..5);
-# writing stops once it has written a score digit (nothing after it can change the reading)
-SCORE_READING = Reading(suffix="\nScore:", options=SCORE_OPTIONS, cut=SCORE_CUT, stop=SCORE_CUT + r"\s*\**\s*\d")
+# constrained mode: the judge's reasoning, cut before any score it wrote itself, then "Score:" and P(0..5)
+SCORE_READING = JUDGE_TEMPLATES["additive"].reading()
+SCORE_OPTIONS = SCORE_READING.options
 
 
 @dataclass
@@ -61,14 +59,15 @@ def reduce_probs(probs: list[float], how: str) -> float:
 def score_responses(backend, chat, items: list[tuple[str, str]], judge_cfg, seed: int = 0,
                     desc: str = "judging") -> list[JudgeResult]:
     """Judge each (prompt, response) judge_cfg.samples times."""
-    prompts = [chat.prompt(judge_prompt(p, r, judge_cfg.prompt)) for p, r in items]
+    template = JUDGE_TEMPLATES[judge_cfg.prompt]
+    prompts = [chat.prompt(template.prompt(p, r)) for p, r in items]
     constrained = judge_cfg.mode == "constrained"
     outputs = backend.generate(prompts, n=judge_cfg.samples, temperature=judge_cfg.temperature,
                                top_p=judge_cfg.top_p, max_new_tokens=judge_cfg.max_new_tokens, seed=seed, desc=desc,
-                               reading=SCORE_READING if constrained else None)
+                               reading=template.reading() if constrained else None)
     results = []
     for completions in outputs:
-        judgments = [Judgment(text=c.text, parsed=parse_score(c.text), score=None) for c in completions]
+        judgments = [Judgment(text=c.text, parsed=template.score(c.text), score=None) for c in completions]
         for j, c in zip(judgments, completions):
             if constrained:
                 j.probs, j.option_mass = c.probs, c.option_mass

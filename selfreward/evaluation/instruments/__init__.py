@@ -1,0 +1,1 @@
+"""The instruments, one module each; every module here is imported by `evaluation.registered()`."""

@@ -1,0 +1,165 @@
+"""The models as reward models: each model judges the ranked first-turn replies of held-out OASST prompts
+with its own judge prompt and scoring, and its scores are compared with the human ranks
+(`evaluation.agreement`). The SFT baseline also judges with a multiple-choice prompt (the paper's
+judge-prompt ablation). Paired differences resample the same prompts for both models."""
+from __future__ import annotations
+
+import dataclasses
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from selfreward import paper
+from selfreward.evaluation import agreement, health, register
+from selfreward.evaluation.estimates import Estimate
+from selfreward.evaluation.instrument import Difference, Instrument, model_steps
+from selfreward.io import read_jsonl, write_json, write_jsonl
+from selfreward.method import data
+from selfreward.method.prompts import JUDGE_TEMPLATES
+from selfreward.rundir import slug
+
+ABLATION = "sft_baseline (multiple choice)"
+
+
+def prompts(cfg, run) -> list[dict]:
+    """The held-out prompts the reward-model judges read (evaluation.rm_prompts, rm_max_reply_chars)."""
+    threads = read_jsonl(run.rm_eval)
+    if cfg.evaluation.rm_max_reply_chars:
+        threads = data.short_reply_threads(threads, cfg.evaluation.rm_max_reply_chars)
+    if cfg.evaluation.rm_prompts:
+        threads = data.ranked_threads(threads, cfg.evaluation.rm_prompts, cfg.seed)
+    return threads
+
+
+@register
+class RewardModel(Instrument):
+    name = "reward_model"
+    title = "Reward modeling: the models as judges"
+    description = (
+        "Each model judges the ranked replies of held-out OASST validation prompts with the LLM-as-a-Judge prompt; "
+        "its scores are compared with the human ranks. **Pairwise accuracy**: of reply pairs with different human "
+        "ranks, the share where the better-ranked reply got the strictly higher score (ties count as wrong; their "
+        "share is *pair ties*). **5-best**: of replies scored 5, the share humans ranked best. **Exact match**: "
+        "prompts whose judge ordering equals the human one. **Spearman / Kendall τ**: per-prompt rank correlation, "
+        "averaged. **Top-score share**: how often the most frequent (rounded) score is given. A judge whose scores "
+        "are nearly constant or mostly unreadable is marked *uninformative*. Brackets: 95% intervals over prompts.")
+    sections = ("seed", "model", "generation", "judge", "evaluation")
+    order = 30
+
+    def run(self, cfg, run) -> dict:
+        e = cfg.evaluation
+        from selfreward.generation import loaded_backend
+        from selfreward.method.judging import ranked_rows
+
+        threads = prompts(cfg, run)
+        judge_cfg = dataclasses.replace(cfg.judge, samples=e.rm_samples)
+        judges = [(name, name, judge_cfg) for name in self.models(cfg)]
+        if e.judge_prompt_ablation:
+            judges.append((ABLATION, "sft_baseline", dataclasses.replace(judge_cfg, prompt="multiple_choice")))
+        table, rows, tokens = {}, {}, 0
+        for label, name, prompt_cfg in judges:
+            with loaded_backend(str(run.model(name)), cfg) as (backend, chat):
+                rows[label] = ranked_rows(backend, chat, threads, prompt_cfg, cfg.seed, desc=f"reward model {label}")
+            tokens += backend.tokens_generated
+            write_jsonl(self.folder(run) / f"{slug(label)}.jsonl", rows[label])
+            template = JUDGE_TEMPLATES[prompt_cfg.prompt]
+            verdict = health.scores([s for r in rows[label] for s in r["scores"]], template.low, template.high)
+            table[label] = {"judge_prompt": prompt_cfg.prompt, "mode": rows[label][0]["mode"],
+                            "scores_file": f"{self.name}/{slug(label)}.jsonl", "health": verdict.to_dict(),
+                            "metrics": {k: v.to_dict() for k, v in
+                                        agreement.metrics(rows[label], e.bootstrap_samples, cfg.seed).items()},
+                            "pairs": agreement.pairs(rows[label])}
+        differences = []
+        for before, after in model_steps(self.models(cfg)):
+            blind = "; ".join(f"{m}: {table[m]['health']['why_not']}" for m in (before, after)
+                              if not table[m]["health"]["informative"]) or None
+            paired = agreement.paired_metrics(rows[before], rows[after], e.bootstrap_samples, cfg.seed)
+            differences.append(Difference("pairwise accuracy", before, after, paired["pairwise_accuracy"],
+                                          claim="rm_rises", blind=blind))
+            if before == "sft_baseline":  # with EFT (M1) against without (the SFT baseline): one score piles up?
+                differences.append(Difference("top-score share", before, after, paired["top_score_share"],
+                                              claim="no_eft_one_score", blind=None))
+        write_json(self.file(run), {"prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
+                                    "samples": judge_cfg.samples, "models": table,
+                                    "differences": [d.to_dict() for d in differences],
+                                    "health": {label: t["health"] for label, t in table.items()}})
+        return {"rm_prompts": len(threads), "tokens_generated": tokens,
+                **{f"pairwise_accuracy {k}": t["metrics"]["pairwise_accuracy"]["value"] for k, t in table.items()}}
+
+    def metrics(self, run) -> dict[str, dict[str, Estimate]]:
+        return {label: {k: Estimate.from_dict(v) for k, v in entry["metrics"].items()}
+                for label, entry in self.result(run)["models"].items()}
+
+    def tables(self, run):
+        result = self.result(run)
+        rows = []
+        for label, entry in result["models"].items():
+            row = {"judge": label, "mode": entry["mode"], "reply pairs": entry["pairs"]}
+            for metric in agreement.METRICS:
+                percent = metric in agreement.PERCENT
+                row[metric.replace("_", " ") + (" %" if percent else "")] = \
+                    Estimate.from_dict(entry["metrics"][metric]).format(100 if percent else 1, 1 if percent else 3)
+            row["judge health"] = health.Health.from_dict(entry["health"]).label()
+            rows.append(row)
+        published = pd.DataFrame(paper.REWARD_MODEL)
+        published.columns = [c.replace("_", " ") + (" %" if c in agreement.PERCENT else "") for c in published.columns]
+        tables = [(f"{result['prompts']} prompts, {result['replies']} ranked replies, {result['samples']} judgment(s) "
+                   "per reply; 95% intervals over prompts.", pd.DataFrame(rows).set_index("judge")),
+                  (f"The paper's numbers ({paper.MODEL}, OASST held-out).", published.rename_axis("judge (paper)")),
+                  ("Score distributions on the held-out replies (rounded scores).", self.score_distributions(run))]
+        ablation = self.judge_prompt_ablation(run)
+        if not ablation.empty:
+            tables.append(("Judge-prompt ablation: the SFT baseline with the additive and the multiple-choice prompt.",
+                           ablation))
+        return tables
+
+    def score_distributions(self, run) -> pd.DataFrame:
+        return pd.DataFrame({label: entry["health"]["stats"]["histogram"]
+                             for label, entry in self.result(run)["models"].items()}).T.rename_axis("judge")
+
+    def judge_prompt_ablation(self, run) -> pd.DataFrame:
+        models, rows = self.metrics(run), []
+        for label, prompt in [("sft_baseline", "additive"), (ABLATION, "multiple_choice")]:
+            if label in models:
+                m, published = models[label], paper.JUDGE_PROMPTS[prompt]
+                rows.append({"judge prompt": prompt, "pairwise accuracy %": m["pairwise_accuracy"].format(100, 1),
+                             "Spearman": m["spearman"].format(1, 3), "Kendall τ": m["kendall"].format(1, 3),
+                             "paper accuracy %": published[0], "paper Spearman": published[1],
+                             "paper Kendall τ": published[2]})
+        return pd.DataFrame(rows).set_index("judge prompt") if rows else pd.DataFrame()
+
+    def figures(self, run):
+        models = {k: v for k, v in self.metrics(run).items() if k != ABLATION}
+        names = list(models)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        for ax, metric in zip(axes, ["pairwise_accuracy", "spearman"]):
+            scale = 100 if metric in agreement.PERCENT else 1
+            ours = [models[m][metric] for m in names]
+            values = [o.value * scale if o.value is not None else float("nan") for o in ours]
+            errors = [[v - (o.low * scale if o.low is not None else v) for v, o in zip(values, ours)],
+                      [(o.high * scale if o.high is not None else v) - v for v, o in zip(values, ours)]]
+            ax.errorbar(names, values, yerr=errors, marker="o", capsize=3, label="this run")
+            published = paper.REWARD_MODEL[metric]
+            ax.plot([m for m in names if m in published], [published[m] for m in names if m in published],
+                    "s--", label=f"paper ({paper.MODEL})")  # the paper's values are in the units shown
+            ax.set_title(metric.replace("_", " ") + (" %" if scale == 100 else ""))
+            ax.legend(fontsize=7)
+        fig.suptitle("The models as reward models (OASST held-out, 95% intervals)")
+        fig.tight_layout()
+        distribution = self.score_distributions(run)
+        hist, ax = plt.subplots(figsize=(8, 3))
+        width = 0.8 / max(len(distribution), 1)
+        for i, (label, row) in enumerate(distribution.iterrows()):
+            total = max(row.sum(), 1)
+            ax.bar([s + i * width for s in range(len(row))], row / total * 100, width=width, label=label)
+        ax.set_xticks([s + 0.4 - width / 2 for s in range(len(distribution.columns))], list(distribution.columns))
+        ax.set_xlabel("score (rounded)")
+        ax.set_ylabel("% of judgments")
+        ax.legend(fontsize=7)
+        ax.set_title("Score distributions on held-out replies")
+        hist.tight_layout()
+        return [fig, hist]
+
+    def headlines(self, run):
+        return {f"reward model {label}: pairwise accuracy %": m["pairwise_accuracy"]
+                for label, m in self.metrics(run).items()}

@@ -1,0 +1,56 @@
+"""The stage notebooks as papermill executes them, from the templates in `notebooks/`.
+
+Most stages execute their notebook as it is. Two are templates over the instruments, so that a new
+instrument needs no notebook of its own:
+- `instrument.ipynb`, every instrument's chapter: `{title}`, `{description}` and `{name}` in its cells
+  are the instrument's;
+- `10_results.ipynb`, the results chapter: the cells tagged `per-instrument` are repeated for each
+  instrument of the run, in order, with the same placeholders filled in.
+The source notebooks are never written to; papermill executes the filled-in copy.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import nbformat
+
+from selfreward import CHECKOUT, evaluation
+
+NOTEBOOKS = Path(os.environ.get("SELFREWARD_NOTEBOOKS", CHECKOUT / "notebooks"))
+PER_INSTRUMENT = "per-instrument"
+
+
+def _fill(cell, instrument) -> dict:
+    cell = copy.deepcopy(cell)
+    if "id" in cell:  # cell ids stay unique when a cell is repeated per instrument
+        cell["id"] = f"{cell['id']}-{instrument.name}"[:64]
+    for placeholder, value in (("{title}", instrument.title), ("{description}", instrument.description),
+                               ("{name}", instrument.name)):
+        cell.source = cell.source.replace(placeholder, value)
+    tags = cell.metadata.get("tags", [])
+    if PER_INSTRUMENT in tags:
+        cell.metadata["tags"] = [t for t in tags if t != PER_INSTRUMENT]
+    return cell
+
+
+def source(stage, stages) -> nbformat.NotebookNode:
+    """The notebook papermill executes for `stage` (a `run.stages.Stage`) among the run's `stages`."""
+    notebook = nbformat.read(NOTEBOOKS / stage.notebook, as_version=4)
+    if stage.instrument:
+        instrument = evaluation.get(stage.instrument)
+        notebook.cells = [_fill(cell, instrument) for cell in notebook.cells]
+        return notebook
+    instruments = [evaluation.get(s.instrument) for s in stages if s.instrument]
+    expanded, block = [], []
+    for cell in notebook.cells + [None]:  # consecutive per-instrument cells form one block, repeated per instrument
+        if cell is not None and PER_INSTRUMENT in cell.metadata.get("tags", []):
+            block.append(cell)
+            continue
+        expanded += [_fill(c, i) for i in instruments for c in block]
+        block = []
+        if cell is not None:
+            expanded.append(cell)
+    notebook.cells = expanded
+    return notebook
