@@ -114,3 +114,26 @@ def test_sections_are_built_then_validated_once(monkeypatch):
     assert calls == ["judge"]
     with pytest.raises(ConfigError, match=r"judge\.samples: must be > 0"):
         from_dict({"judge": {"samples": 0}})
+
+
+def test_the_schema_names_exactly_the_judge_templates():
+    import typing
+
+    from selfreward.config import JudgeConfig
+    from selfreward.method.prompts import JUDGE_TEMPLATES
+
+    assert set(typing.get_args(typing.get_type_hints(JudgeConfig)["prompt"])) == set(JUDGE_TEMPLATES)
+    with pytest.raises(ConfigError, match=r"judge\.prompt: expected one of additive, multiple_choice, got 'fancy'"):
+        from_dict({"judge": {"prompt": "fancy"}})
+
+
+def test_the_paper_profile_is_the_paper():
+    """params/paper.yaml sets every hyper-parameter and protocol value of `selfreward.paper` as the paper does."""
+    from selfreward import paper
+
+    cfg = load_config(REPO / "params" / "paper.yaml").to_dict()
+    assert {key: paper.value(cfg, key) for key in paper.CONFIG} == paper.CONFIG
+    rows = {aspect: same for aspect, _, _, same in paper.deviations(cfg, lambda stage, key: None)}
+    for aspect in ("pretrained model M0", "fine-tuning", "DPO learning rate", "SFT learning rate",
+                   "candidates per prompt (N)", "checkpoint selection", "evaluation judge"):
+        assert rows[aspect], aspect

@@ -3,7 +3,7 @@
 `schema` holds the dataclasses (one per params section) and their rules; `loading` reads YAML, applies
 `--set` overrides and checks each value against its field's type. Unknown keys, wrong types and
 impossible values raise ConfigError with a one-line message naming the file and the dotted key.
-This package imports nothing else of selfreward (the judge-template names are looked up lazily).
+This package imports nothing else of selfreward.
 """
 from selfreward.config.loading import apply_overrides, build, from_dict, load_config
 from selfreward.config.schema import (AIFTConfig, CandidatesConfig, Config, ConfigError, DataConfig, DPOConfig,

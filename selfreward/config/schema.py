@@ -83,7 +83,8 @@ class GenerationConfig:
 
 @dataclass
 class JudgeConfig:
-    prompt: str = "additive"  # a key of selfreward.method.prompts.JUDGE_TEMPLATES
+    # a key of selfreward.method.prompts.JUDGE_TEMPLATES (tests/test_config.py checks that the two agree)
+    prompt: Literal["additive", "multiple_choice"] = "additive"
     samples: int = 3  # k judgments per response, averaged
     mode: Literal["sampled", "constrained"] = "sampled"
     constrained_reduce: Literal["expectation", "argmax"] = "expectation"
@@ -92,10 +93,6 @@ class JudgeConfig:
     max_new_tokens: int = 256
 
     def validate(self, key):
-        from selfreward.method.prompts import JUDGE_TEMPLATES
-
-        _check(self.prompt in JUDGE_TEMPLATES, f"{key}.prompt",
-               f"unknown judge prompt {self.prompt!r}; known: {', '.join(JUDGE_TEMPLATES)}")
         _positive(self, key, "samples", "max_new_tokens")
         _sampling(self, key)
         _check(self.temperature > 0 or self.samples == 1, f"{key}.temperature",
