@@ -85,6 +85,17 @@ def _cpuinfo_lines() -> list[str]:
         return []
 
 
+def free_memory():
+    """Collect what a trained or released model left behind (reference cycles included) and return the CUDA
+    caching allocator's blocks, so that the next model, trainer or engine finds the memory free."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
 def check_device(device: str):
     """A device that this machine has; a one-line ConfigError otherwise."""
     from selfreward.config import ConfigError

@@ -122,6 +122,11 @@ def test_cuda_without_a_gpu_and_missing_models_fail_before_the_first_stage(tmp_p
     result = cli("run", tiny, "--out", str(tmp_path), "--set", "model.device=cuda")
     assert (result.returncode, last_line(result)) == (2, "selfreward: error: model.device: cuda requested, but this "
                                                          "machine has no CUDA device (use auto or cpu)")
+    for profile in ("gpu-8b", "paper"):  # the GPU profiles say so before any stage runs or any folder is made
+        result = cli("run", str(REPO / "params" / f"{profile}.yaml"), "--out", str(tmp_path))
+        assert (result.returncode, last_line(result)) == (2, "selfreward: error: model.device: cuda requested, but "
+                                                             "this machine has no CUDA device (use auto or cpu)")
+        assert not (tmp_path / profile).exists()
     missing = tmp_path / "no-such-model"
     result = cli("run", tiny, "--out", str(tmp_path), "--set", f"evaluation.judge_model={missing}")
     assert (result.returncode, last_line(result)) == (2, f"selfreward: error: model path not found: {missing}")

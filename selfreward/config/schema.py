@@ -75,9 +75,12 @@ class GenerationConfig:
     batch_size: int = 16
     tensor_parallel_size: int = 1  # vllm only: GPUs one engine spans
     gpu_memory_utilization: float = 0.85  # vllm only: the share of each GPU's memory the engine may take
+    max_model_len: int = 0  # vllm only: the longest prompt + generation the engine plans for; 0 = the model's own
+    enforce_eager: bool = False  # vllm only: no CUDA graphs (slower decoding, faster start, less memory)
 
     def validate(self, key):
         _positive(self, key, "batch_size", "tensor_parallel_size")
+        _check(self.max_model_len >= 0, f"{key}.max_model_len", "must be >= 0 (0 = the model's own)")
         _check(0 < self.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "must be in (0, 1]")
 
 
@@ -327,6 +330,10 @@ class Config:
         _check(_model_reference_ok(self.evaluation.judge_model, ["base", "endpoint"] + names),
                "evaluation.judge_model", f"unknown model {self.evaluation.judge_model!r} (expected base, endpoint, "
                f"{', '.join(names)}, or a model spec)")
+        _check(self.judge.temperature > 0 or self.evaluation.rm_samples == 1, "evaluation.rm_samples",
+               f"must be 1 with judge.temperature 0 (greedy decoding gives one judgment, not {self.evaluation.rm_samples})")
+        _check(self.generation.backend != "vllm" or self.model.finetune != "lora" or self.model.lora_r <= 512,
+               "model.lora_r", "vLLM serves LoRA adapters of rank at most 512 (generation.backend: vllm)")
         world = self.launch.num_processes
         for section in ("sft", "dpo"):
             train = getattr(self, section)

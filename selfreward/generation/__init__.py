@@ -11,9 +11,6 @@ loads the configured engine for a model folder and frees it when the block ends.
 from __future__ import annotations
 
 import contextlib
-import gc
-
-import torch
 
 from selfreward import models
 from selfreward.generation.contract import CONTRACT, Backend, Completion, Reading
@@ -32,7 +29,7 @@ def load_backend(path: str, cfg) -> tuple[Backend, models.ChatFormat]:
         from selfreward.generation.vllm import VLLMBackend
         dtype = models.resolve_dtype(cfg.model.dtype, cfg.model.device)
         return VLLMBackend(path, tokenizer, models.stop_token_ids(tokenizer, chat), cfg.generation, dtype,
-                           cfg.seed), chat
+                           cfg.seed, lora_r=cfg.model.lora_r), chat
     model = models.load_model(path, dtype=cfg.model.dtype, device=cfg.model.device)
     engine = FastBackend if cfg.generation.backend == "fast" else TransformersBackend
     return engine(model, tokenizer, models.stop_token_ids(tokenizer, chat), cfg.generation.batch_size), chat
@@ -47,6 +44,4 @@ def loaded_backend(path: str, cfg):
         yield backend, chat
     finally:
         backend.release()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        models.free_memory()

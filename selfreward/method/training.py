@@ -23,7 +23,8 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from selfreward.method import launch as launcher
 from selfreward.method.lean import LeanDPOTrainer, LeanSFTTrainer
-from selfreward.models import chat_format_for, load_model, load_tokenizer, pick_device, resolve_dtype, save_model
+from selfreward.models import (chat_format_for, free_memory, load_model, load_tokenizer, pick_device, resolve_dtype,
+                               save_model)
 
 
 class TrainingError(ValueError):
@@ -149,6 +150,10 @@ def train_here(kind: str, model_dir: str, out_dir, rows: list[dict], train_cfg, 
                 "steps", checkpoint_every, True
         trainer.train()
         summary = _finish(trainer, trainer.processing_class, out_dir, len(rows), model_dir, model_cfg, work)
+    # the trainer and its model live on in reference cycles until a collection: free them now, before a
+    # generation engine asks for its share of the GPU
+    del trainer
+    free_memory()
     if checkpoint_every:
         summary["checkpoints"] = sorted((str(p) for p in Path(checkpoint_dir).glob("checkpoint-*")),
                                         key=lambda p: int(p.rsplit("-", 1)[1]))
