@@ -137,3 +137,16 @@ def test_the_paper_profile_is_the_paper():
     for aspect in ("pretrained model M0", "fine-tuning", "DPO learning rate", "SFT learning rate",
                    "candidates per prompt (N)", "checkpoint selection", "evaluation judge"):
         assert rows[aspect], aspect
+
+
+def test_the_deviations_of_the_8b_profile_name_what_differs():
+    """gpt-4o is not GPT-4, LoRA rates are not the paper's, 8B is not 70B: the deviations table says each."""
+    from selfreward import paper
+
+    cfg = load_config(REPO / "params" / "gpu-8b.yaml").to_dict()
+    rows = {aspect: (ours, same) for aspect, _, ours, same in paper.deviations(cfg, lambda stage, key: None)}
+    assert rows["pretrained model M0"] == ("meta-llama/Llama-3.1-8B", False)
+    assert rows["fine-tuning"][0].startswith("LoRA (r 64") and not rows["fine-tuning"][1]
+    assert rows["SFT learning rate"] == ("0.0002, cosine decay to 4e-05", False)
+    assert rows["DPO learning rate"] == ("5e-06, decaying to 5e-07", False)
+    assert rows["evaluation judge"] == ("endpoint gpt-4o-2024-08-06", False)

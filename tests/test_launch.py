@@ -48,6 +48,106 @@ def test_two_processes_train_as_one_does_at_the_same_global_batch(tiny_model_dir
     assert double == pytest.approx(single, rel=1e-3)
 
 
+# What a CPU cannot do that the shipped GPU configs do: nothing else may differ between them and what is tested
+CPU_ONLY = {"use_cpu": (True, "the processes compute on the CPU (gloo)"),
+            "fsdp_config.fsdp_offload_params": (False, "offloading pins host memory for a GPU; a CPU has none")}
+SHIPPED = REPO / "params" / "accelerate"
+
+
+def flat(mapping, prefix=""):
+    return {k: v for key, value in mapping.items()
+            for k, v in (flat(value, f"{prefix}{key}.").items() if isinstance(value, dict) else [(prefix + key, value)])}
+
+
+def cpu_variant(name: str, folder: Path) -> Path:
+    """A shipped accelerate config with only the CPU_ONLY keys changed."""
+    import yaml
+
+    config = yaml.safe_load((SHIPPED / f"{name}.yaml").read_text())
+    for dotted, (value, _) in CPU_ONLY.items():
+        node, *path = [config] + dotted.split(".")
+        for part in path[:-1]:
+            node = node.get(part, {})
+        if path[-1] in node or "." not in dotted:
+            node[path[-1]] = value
+    target = folder / f"{name}_cpu.yaml"
+    target.write_text(yaml.safe_dump(config))
+    return target
+
+
+@pytest.mark.parametrize("name", ["fsdp", "fsdp_offload", "deepspeed_zero3"])
+def test_the_tested_configs_differ_from_the_shipped_ones_only_in_what_a_cpu_cannot_do(name, tmp_path):
+    import yaml
+
+    shipped = flat(yaml.safe_load((SHIPPED / f"{name}.yaml").read_text()))
+    tested = flat(yaml.safe_load(cpu_variant(name, tmp_path).read_text()))
+    assert set(shipped) == set(tested)
+    differing = {k for k in shipped if shipped[k] != tested[k]}
+    assert differing <= set(CPU_ONLY), differing
+    if name.startswith("fsdp"):
+        assert shipped["fsdp_config.fsdp_version"] == 2  # FSDP1 cannot run on a CPU, and FSDP2 is what ships
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, tmp_path_factory):
+    """The 1-process runs the sharded ones must equal, by (kind, finetune)."""
+    done = {}
+
+    def run(kind: str, finetune: str):
+        if (kind, finetune) not in done:
+            cfg = tiny_profile(1, f"model.finetune={finetune}")
+            out = tmp_path_factory.mktemp(f"one-{kind}-{finetune}")
+            rows, train = (EXAMPLES, training.sft) if kind == "sft" else (PAIRS, training.dpo)
+            train(tiny_model_dir, out / "model", rows, getattr(cfg, kind), cfg.model, seed=0, launch=cfg.launch)
+            done[kind, finetune] = out / "model"
+        return done[kind, finetune]
+
+    return run
+
+
+def state(model_dir):
+    from selfreward.models import load_model
+
+    return {k: v.float() for k, v in load_model(str(model_dir), "float32", "cpu").state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config,kind,finetune", [("fsdp", "sft", "full"), ("fsdp", "dpo", "full"),
+                                                  ("fsdp", "sft", "lora"), ("deepspeed_zero3", "sft", "full"),
+                                                  ("deepspeed_zero3", "dpo", "full")])
+def test_sharded_training_is_sharded_trains_as_one_process_and_saves(tiny_model_dir, one_process, tmp_path,
+                                                                     monkeypatch, config, kind, finetune):
+    """Two gloo processes with a shipped FSDP2 / ZeRO-3 config (CPU_ONLY keys changed): the model is wrapped
+    by FSDP2 (not DDP) or DeepSpeed, each process holds about half of the parameters, ranks > 0 never held
+    the full weights (FSDP: built on the meta device; ZeRO-3: loaded partitioned), the losses equal the
+    1-process run's and the saved model reloads equal to its model."""
+    import torch
+
+    if config.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent / "cpu_fsdp"))  # the test-only switch
+    cfg = tiny_profile(2, f"model.finetune={finetune}", f"launch.accelerate_config={cpu_variant(config, tmp_path)}")
+    rows, train = (EXAMPLES, training.sft) if kind == "sft" else (PAIRS, training.dpo)
+    summary = train(tiny_model_dir, tmp_path / "two", rows, getattr(cfg, kind), cfg.model, seed=0, launch=cfg.launch)
+    processes = summary["processes"]
+    assert [p["rank"] for p in processes] == [0, 1]
+    expected = "FSDP2" if config == "fsdp" else "DeepSpeedEngine"
+    assert all(p["wrapper"] == expected for p in processes), processes
+    for p in processes:
+        assert p["held_numel"] == pytest.approx(p["total_numel"] / 2, rel=0.1), p
+    total = processes[0]["total_numel"]
+    if config == "fsdp":
+        assert processes[1]["loaded_numel"] == 0  # rank 1 built the model on the meta device
+    else:
+        assert processes[1]["loaded_numel"] < 0.6 * total  # rank 1 loaded its partition only
+    single = one_process(kind, finetune)
+    assert losses(tmp_path / "two") == pytest.approx(losses(single), rel=1e-3)
+    ours, theirs = state(tmp_path / "two"), state(single)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 @pytest.mark.slow
 def test_a_failing_launch_is_a_stage_error_with_its_last_error_line(tmp_path):
     two = tiny_profile(2)

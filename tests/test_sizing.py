@@ -44,23 +44,31 @@ def test_memory_by_hand_one_process_full_sft():
 
 
 def test_memory_by_hand_fsdp_full_shard_dpo_over_four_gpus():
-    fsdp = sizing.Strategy("FSDP full shard", True, True, True)
+    fsdp = sizing.Strategy("FSDP full shard", "fsdp", True, True, True)
     memory = sizing.training_memory(SMALL, ModelConfig(finetune="full"), DPOConfig(per_device_batch_size=2,
                                     max_length=128), fsdp, world=4, dpo=True)
     parts = memory["parts"]
     assert parts["weights"] == parts["gradients"] == 336192  # 4 P / 4
-    assert parts["optimizer"] == 672384 and parts["reference"] == 168096  # 8 P / 4, 2 P / 4
+    # 8 P / 4; the reference: a bf16 copy, sharded, for the precompute pass only (not held while training)
+    assert parts["optimizer"] == 672384 and parts["reference"] == 168096
+    assert memory["total"] == sum(v for k, v in parts.items() if k != "reference")
+    assert memory["host_loading_rank0"] == 4 * 336192  # rank 0 reads and upcasts all P = 336192 parameters, on the host
     assert parts["gathered_layers"] == 2 * 36992 * 2  # two layers in bf16
     assert parts["activations"] == 2 * 589_824 and parts["logits"] == 2 * 5_242_880  # chosen + rejected rows
     offload = sizing.training_memory(SMALL, ModelConfig(finetune="full"), DPOConfig(per_device_batch_size=2,
-                                     max_length=128), sizing.Strategy("x", True, True, True, True), world=4, dpo=True)
+                                     max_length=128), sizing.Strategy("x", "fsdp", True, True, True, True), world=4,
+                                     dpo=True)
     assert offload["host_offload"] == 16 * 336192 + 2 * 336192
-    assert offload["total"] == memory["total"] - (336192 * 4 + 168096)
+    assert offload["total"] == memory["total"] - 336192 * 4
+    for kind in ("deepspeed", "ddp"):  # the reference log-probs come from the policy itself before training
+        other = sizing.training_memory(SMALL, ModelConfig(finetune="full"), DPOConfig(per_device_batch_size=2,
+                                       max_length=128), sizing.Strategy(kind, kind, True, True, True), world=4, dpo=True)
+        assert other["parts"]["reference"] == 0
 
 
 def test_lora_keeps_frozen_weights_and_trains_adapters():
     memory = sizing.training_memory(SMALL, ModelConfig(finetune="lora", lora_r=8), TrainConfig(max_length=128),
-                                    sizing.Strategy("one process"), world=1, dpo=False)
+                                    sizing.Strategy("one process", "single"), world=1, dpo=False)
     assert memory["parts"]["weights"] == 2 * 336192 and memory["parts"]["optimizer"] == 0
     assert memory["parts"]["adapter"] == 16 * SMALL.lora_parameters(8)
 

@@ -222,3 +222,48 @@ def test_similar_length_sampler_is_a_random_permutation_with_little_padding():
     shuffled = torch.randperm(96, generator=torch.Generator().manual_seed(1)).tolist()
     assert padded(first) < 0.85 * padded(shuffled)
     assert first != sorted(first, key=lengths.__getitem__)  # not simply sorted by length
+
+
+def test_warmup_is_a_share_of_the_steps_on_transformers_4_and_5(tiny_model_dir, tmp_path):
+    from selfreward.method.training import warmup_arguments
+
+    # transformers 4.x: warmup_steps is a whole number of steps, the share is warmup_ratio
+    assert warmup_arguments(0.25, {"warmup_ratio", "warmup_steps"}) == {"warmup_ratio": 0.25}
+    # transformers 5.x: no warmup_ratio; a warmup_steps below 1 is the share
+    assert warmup_arguments(0.25, {"warmup_steps"}) == {"warmup_steps": 0.25}
+    # on the installed transformers, a trainer really warms up over a quarter of its 8 steps
+    train = TrainConfig(max_steps=8, batch_size=2, per_device_batch_size=2, max_length=64, warmup_ratio=0.25,
+                        learning_rate=1e-3, min_learning_rate=1e-4)
+    trainer = sft_trainer(tiny_model_dir, EXAMPLES, train, ModelConfig(spec="tiny", finetune="full", device="cpu",
+                                                                       dtype="float32"), str(tmp_path), seed=0)
+    trainer.create_optimizer_and_scheduler(num_training_steps=8)
+    rates = []
+    for _ in range(8):
+        rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert rates[0] == 0 and rates[1] == pytest.approx(5e-4) and rates[2] == pytest.approx(1e-3)
+    assert rates[-1] < rates[2] and min(rates[2:]) >= 1e-4 - 1e-12  # cosine down to the floor, not below
+
+
+def test_checkpoints_become_model_folders_on_the_cpu(tiny_model_dir, tmp_path):
+    """Materialising a checkpoint never loads it onto a GPU: here the params ask for cuda on a machine that
+    has none, and the LoRA merge and the full copy both work, on the CPU."""
+    from peft import LoraConfig, get_peft_model
+
+    from selfreward.method.training import materialize_checkpoint
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cuda = ModelConfig(spec="tiny", finetune="lora", device="cuda", dtype="float32")
+    lora = get_peft_model(load_model(tiny_model_dir, "float32", "cpu"),
+                          LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    materialize_checkpoint(str(tmp_path / "adapter"), tiny_model_dir, tmp_path / "merged", cuda)
+    merged = load_model(str(tmp_path / "merged"), "float32", "cpu")
+    assert not torch.equal(merged.model.layers[0].self_attn.q_proj.weight,
+                           load_model(tiny_model_dir, "float32", "cpu").model.layers[0].self_attn.q_proj.weight)
+    materialize_checkpoint(str(tmp_path / "merged"), tiny_model_dir, tmp_path / "copied", cuda)
+    copied = load_model(str(tmp_path / "copied"), "float32", "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), copied.state_dict().values()))
+    assert (tmp_path / "copied" / "tokenizer_config.json").is_file()

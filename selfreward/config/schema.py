@@ -364,7 +364,7 @@ MANAGED_TRAINER_ARGS = {
     "learning_rate": "learning_rate", "lr_scheduler_type": "min_learning_rate", "lr_scheduler_kwargs":
     "min_learning_rate", "per_device_train_batch_size": "per_device_batch_size", "gradient_accumulation_steps":
     "batch_size", "num_train_epochs": "epochs", "max_steps": "max_steps", "max_length": "max_length",
-    "warmup_steps": "warmup_ratio", "seed": "seed (top level)", "report_to": "report_to", "beta": "beta",
+    "warmup_steps": "warmup_ratio", "warmup_ratio": "warmup_ratio", "seed": "seed (top level)", "report_to": "report_to", "beta": "beta",
     "bf16": "model.dtype", "fp16": "model.dtype", "use_cpu": "model.device", "output_dir": None,
     "logging_steps": None, "save_strategy": None, "completion_only_loss": None, "packing": None,
     "disable_dropout": "dropout", "precompute_ref_log_probs": None, "gradient_checkpointing": "model.device",

@@ -21,6 +21,31 @@ from pathlib import Path
 from selfreward.io import write_json
 
 
+SHARDED = ("fsdp", "deepspeed")  # the parallelism kinds in which each process holds a part of the model
+
+
+def load_dtype(finetune: str, compute_dtype: str, kind: str) -> str:
+    """The dtype a training loads its weights in, by fine-tuning, compute dtype and parallelism kind
+    (single, ddp, fsdp, deepspeed); `method.training` loads by it and `selfreward plan` sizes memory by it:
+    - LoRA: the compute dtype (the frozen weights; the adapters train in fp32);
+    - full fine-tuning in one process or under DDP: float32, the master weights (bf16 weights would round
+      small updates away), with autocast for speed;
+    - full fine-tuning sharded (FSDP, ZeRO-3): the compute dtype, straight from disk; the sharding keeps the
+      fp32 master weights per shard (FSDP2 upcasts its shards, ZeRO-3 its optimizer partition), so no rank
+      ever holds a full fp32 copy."""
+    return compute_dtype if finetune == "lora" or kind in SHARDED else "float32"
+
+
+def dpo_reference(finetune: str, kind: str) -> str:
+    """What DPO holds as its reference (the reference log-probabilities are precomputed before training):
+    `adapter off` under LoRA (the same weights), `the policy` in one process, DDP or ZeRO-3 (its forward
+    before the first step), `a sharded copy` under FSDP (TRL loads one in the policy's dtype, shards it as
+    the policy for the precompute and frees it before training). Never an fp32 copy per rank."""
+    if finetune == "lora":
+        return "adapter off"
+    return "a sharded copy" if kind == "fsdp" else "the policy"
+
+
 class LaunchError(RuntimeError):
     """A launched training job that failed; the message is one line with its last error line."""
 

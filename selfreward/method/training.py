@@ -23,8 +23,9 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from selfreward.method import launch as launcher
 from selfreward.method.lean import LeanDPOTrainer, LeanSFTTrainer
-from selfreward.models import (chat_format_for, free_memory, load_model, load_tokenizer, pick_device, resolve_dtype,
-                               save_model)
+from selfreward.io import atomic_dir, write_json
+from selfreward.models import (DTYPES, chat_format_for, free_memory, load_model, load_tokenizer, pick_device,
+                               resolve_dtype, save_model)
 
 
 class TrainingError(ValueError):
@@ -50,8 +51,9 @@ def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
         gradient_accumulation_steps=train_cfg.batch_size // (train_cfg.per_device_batch_size * world_size()),
         learning_rate=train_cfg.learning_rate,
         lr_scheduler_type="cosine_with_min_lr",  # the paper decays to a floor, not to zero
-        lr_scheduler_kwargs={"min_lr": train_cfg.min_learning_rate},
-        warmup_steps=train_cfg.warmup_ratio,
+        # the floor as a share of the peak: `min_lr` would read optimizer.defaults, which ZeRO-3's optimizer lacks
+        lr_scheduler_kwargs={"min_lr_rate": train_cfg.min_learning_rate / train_cfg.learning_rate},
+        **warmup_arguments(train_cfg.warmup_ratio),
         num_train_epochs=train_cfg.epochs,
         max_steps=train_cfg.max_steps,
         max_length=train_cfg.max_length,
@@ -70,19 +72,130 @@ def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
 
 
 
-def _load_for_training(model_dir: str, model_cfg, dropout: float):
-    from peft import LoraConfig
+def warmup_arguments(ratio: float, fields: set[str] | None = None) -> dict:
+    """The warmup as a share of the training steps, in the installed transformers' terms: 4.x has
+    `warmup_ratio` (its `warmup_steps` is a whole number of steps); 5.x reads a `warmup_steps` below 1 as
+    the ratio and has no `warmup_ratio`."""
+    if fields is None:
+        from transformers import TrainingArguments
 
-    # LoRA trains fp32 adapters on frozen weights; full fine-tuning keeps fp32 master weights
-    # (bf16 weights would round small updates away) and uses autocast for speed.
-    dtype = resolve_dtype(model_cfg.dtype, model_cfg.device) if model_cfg.finetune == "lora" else "float32"
-    model = load_model(model_dir, dtype=dtype, device=model_cfg.device, attention_dropout=dropout)
+        fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"warmup_ratio": ratio} if "warmup_ratio" in fields else {"warmup_steps": ratio}
+
+
+def parallelism() -> str:
+    """How this training's processes share the model (what `accelerate launch` set): `single` (one process),
+    `ddp` (each holds the whole model), `fsdp` or `deepspeed` (each holds a shard)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp"
+    return "ddp" if world_size() > 1 else "single"
+
+
+def training_dtype(model_cfg, kind: str) -> str:
+    """The dtype this training loads its weights in (`method.launch.load_dtype`, the rule `plan` sizes by)."""
+    return launcher.load_dtype(model_cfg.finetune, resolve_dtype(model_cfg.dtype, model_cfg.device), kind)
+
+
+def builds_on_meta(kind: str) -> bool:
+    """Whether this process builds the model without weights and receives its shard from the main process:
+    ranks > 0 under FSDP with cpu-RAM-efficient loading (the shipped FSDP configs)."""
+    return kind == "fsdp" and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() == "true" \
+        and not is_main_process()
+
+
+def _load_for_training(model_dir: str, model_cfg, dropout: float):
+    """The model to train, loaded as `training_dtype` says; with several processes the process group exists
+    already (the worker starts it first), nothing is moved to a device here (accelerate places each rank's
+    part), ranks > 0 under FSDP build on the meta device, and ZeRO-3 loads each rank's partition only."""
+    from peft import LoraConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kind = parallelism()
+    dtype = DTYPES[training_dtype(model_cfg, kind)]
+    if kind == "single":
+        model = load_model(model_dir, dtype=training_dtype(model_cfg, kind), device=model_cfg.device,
+                           attention_dropout=dropout)
+    elif builds_on_meta(kind):
+        from accelerate import init_empty_weights
+
+        config = AutoConfig.from_pretrained(model_dir, attention_dropout=dropout)
+        with init_empty_weights(include_buffers=False):  # weights on meta; buffers (rotary tables) real
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model.tie_weights()  # as from_pretrained does: a tied output layer is the embedding, on rank 0 as here
+    else:
+        if kind == "deepspeed":
+            _zero3_init()
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attention_dropout=dropout)
+    model.selfreward_loaded = loaded_numel(model)  # for the training summary: what this rank held after loading
     tokenizer = load_tokenizer(model_dir)
     peft_config = None
     if model_cfg.finetune == "lora":
         peft_config = LoraConfig(r=model_cfg.lora_r, lora_alpha=model_cfg.lora_alpha, lora_dropout=dropout,
                                  target_modules="all-linear", task_type="CAUSAL_LM")
     return model, tokenizer, peft_config, chat_format_for(tokenizer, model_cfg.chat_format)
+
+
+def _zero3_init():
+    """Under ZeRO-3 (zero3_init_flag), `from_pretrained` loads each rank's partition only (deepspeed.zero.Init),
+    once the DeepSpeed config is registered with transformers; accelerate registers it only when the
+    Trainer is built, after the model is loaded, so it is registered here first."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    plugin = DeepSpeedPlugin()  # the config `accelerate launch` passed in the environment
+    if plugin.zero_stage == 3 and plugin.zero3_init_flag:
+        plugin.set_deepspeed_weakref()
+        _zero3_init.plugin = plugin  # the registration lives as long as the plugin object
+
+
+def loaded_numel(model) -> int:
+    """Parameter elements this process holds: none on the meta device, its partition under ZeRO-3."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.ds_tensor.numel() if hasattr(p, "ds_tensor") else 0 if p.is_meta else p.numel()
+    return total
+
+
+def held_parameters(model) -> tuple[int, int]:
+    """(this process's parameter elements, the model's): FSDP2 shards (DTensor), ZeRO-3 partitions, or whole."""
+    from torch.distributed.tensor import DTensor
+
+    seen, local, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if hasattr(p, "ds_tensor"):
+            local, total = local + p.ds_tensor.numel(), total + p.ds_numel
+        elif isinstance(p, DTensor):
+            local, total = local + p.to_local().numel(), total + p.numel()
+        else:
+            local, total = local + p.numel(), total + p.numel()
+    return local, total
+
+
+def sharding(trainer) -> list[dict]:
+    """Per process: how the trained model was wrapped (FSDP2, DeepSpeed, DDP or plain) and how much of it
+    the process held after loading and while training; gathered from every process."""
+    from torch.distributed.fsdp import FSDPModule
+
+    model = trainer.model
+    wrapper = "FSDP2" if isinstance(model, FSDPModule) or any(isinstance(m, FSDPModule) for m in model.modules()) \
+        else type(trainer.model_wrapped).__name__
+    held, total = held_parameters(model)
+    base = trainer.accelerator.unwrap_model(model)
+    mine = {"rank": int(os.environ.get("RANK", "0")), "parallelism": parallelism(), "wrapper": wrapper,
+            "held_numel": held, "total_numel": total,
+            "loaded_numel": getattr(getattr(base, "get_base_model", lambda: base)(), "selfreward_loaded", None)}
+    if not torch.distributed.is_initialized():
+        return [mine]
+    everyone = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, mine)
+    return everyone
 
 
 def sft_trainer(model_dir: str, examples: list[dict], train_cfg, model_cfg, output_dir: str, seed: int = 0):
@@ -149,7 +262,7 @@ def train_here(kind: str, model_dir: str, out_dir, rows: list[dict], train_cfg, 
             trainer.args.save_strategy, trainer.args.save_steps, trainer.args.save_only_model = \
                 "steps", checkpoint_every, True
         trainer.train()
-        summary = _finish(trainer, trainer.processing_class, out_dir, len(rows), model_dir, model_cfg, work)
+        summary = _finish(trainer, trainer.processing_class, out_dir, len(rows), model_dir, model_cfg)
     # the trainer and its model live on in reference cycles until a collection: free them now, before a
     # generation engine asks for its share of the GPU
     del trainer
@@ -179,16 +292,41 @@ def _work_dir(out_dir):
 
 
 def materialize_checkpoint(checkpoint: str, base_dir: str, out_dir, model_cfg, extra_json: dict | None = None):
-    """A training checkpoint as a plain model folder: a LoRA checkpoint's adapter merged into its base."""
+    """A training checkpoint as a plain model folder, on the CPU (a 70B model is never gathered onto one GPU):
+    full fine-tuning's checkpoint is a model folder already and is copied with the base's tokenizer; a
+    LoRA checkpoint's adapter is merged into its base, loaded in its compute dtype."""
     from peft import PeftModel
 
     tokenizer = load_tokenizer(base_dir)
-    if not (Path(checkpoint) / "adapter_config.json").is_file():  # full fine-tuning: already a model
-        save_model(load_model(checkpoint, dtype=model_cfg.dtype, device=model_cfg.device), tokenizer, out_dir,
-                   extra_json)
+    with _outside_zero3():
+        if not (Path(checkpoint) / "adapter_config.json").is_file():
+            with atomic_dir(out_dir) as tmp:
+                for item in Path(checkpoint).iterdir():
+                    if item.is_file() and not item.name.startswith(("optimizer", "scheduler", "rng_state", "training_args")):
+                        shutil.copy2(item, tmp / item.name)
+                tokenizer.save_pretrained(tmp)
+                for name, data in (extra_json or {}).items():
+                    write_json(Path(tmp) / name, data)
+            return
+        base = load_model(base_dir, dtype=resolve_dtype(model_cfg.dtype, model_cfg.device), device="cpu")
+        save_model(PeftModel.from_pretrained(base, checkpoint), tokenizer, out_dir, extra_json)
+
+
+@contextlib.contextmanager
+def _outside_zero3():
+    """A model loaded in the main process alone must not be partitioned: under ZeRO-3, transformers would load
+    it inside deepspeed.zero.Init, whose collectives the other processes never join (a deadlock)."""
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
         return
-    base = load_model(base_dir, dtype=model_cfg.dtype, device=model_cfg.device)
-    save_model(PeftModel.from_pretrained(base, checkpoint), tokenizer, out_dir, extra_json)
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
 class SimilarLengthSampler(torch.utils.data.Sampler):
@@ -249,7 +387,7 @@ def _trainer(trainer_class, model, args, rows: list[dict], tokenizer, peft_confi
     return trainer
 
 
-def _finish(trainer, tokenizer, out_dir, num_examples: int, model_dir: str, model_cfg, work: str) -> dict:
+def _finish(trainer, tokenizer, out_dir, num_examples: int, model_dir: str, model_cfg) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h]
     # TRL drops examples whose response is truncated away: report what was really trained on
     summary = {"examples": num_examples, "examples_trained": len(trainer.train_dataset),
@@ -258,14 +396,30 @@ def _finish(trainer, tokenizer, out_dir, num_examples: int, model_dir: str, mode
                "final_loss": history[-1]["loss"] if history else None}
     # the Trainer's own state file (log_history: one entry per logged step) travels with the model
     state = {"trainer_state.json": dataclasses.asdict(trainer.state)}
+    summary["processes"] = sharding(trainer)
     if trainer.args.world_size == 1:
         save_model(trainer.model, tokenizer, out_dir, extra_json=state)
         return summary
-    # several processes: the Trainer gathers the weights (FSDP / ZeRO-3 shards) and the main process writes
-    # them (a LoRA run: its adapter), then merges them into a plain model folder as in one process
-    gathered = str(Path(work) / "gathered")
-    trainer.save_model(gathered)
+    # several processes: every process takes part in gathering the weights (FSDP / ZeRO-3 shards, into the
+    # main process's host memory), the main process writes them (a LoRA run: its adapter) and makes a plain
+    # model folder of them on the CPU, as in one process; nothing is gathered onto one GPU
+    weights = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # a collective: the full weights, on rank 0
     if trainer.is_world_process_zero():
-        materialize_checkpoint(gathered, model_dir, out_dir, model_cfg, extra_json=state)
+        from peft import get_peft_model
+
+        with _outside_zero3():
+            if model_cfg.finetune == "lora":
+                # the gathered weights into a fresh CPU copy of the LoRA model, merged as in one process
+                # (PEFT's save_pretrained finds no adapter in an FSDP2-wrapped model: it writes an empty one)
+                fresh = load_model(model_dir, dtype=resolve_dtype(model_cfg.dtype, model_cfg.device), device="cpu")
+                fresh = get_peft_model(fresh, trainer.accelerator.unwrap_model(trainer.model).peft_config["default"])
+                fresh.load_state_dict(weights, strict=True)
+                save_model(fresh, tokenizer, out_dir, extra_json=state)
+            else:
+                with atomic_dir(out_dir) as tmp:
+                    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, state_dict=weights)
+                    tokenizer.save_pretrained(tmp)
+                    for name, data in state.items():
+                        write_json(Path(tmp) / name, data)
     trainer.accelerator.wait_for_everyone()
     return summary

@@ -11,9 +11,13 @@ from selfreward.io import write_json
 
 def main(argv: list[str] | None = None) -> int:
     """One process of a launched training job (run by accelerate, not by hand)."""
+    from accelerate import PartialState
+
     from selfreward import config
     from selfreward.method import training
 
+    # the process group first: every process loads its part of the model knowing its rank and the others
+    PartialState()
     job = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     train_class = config.DPOConfig if job["kind"] == "dpo" else config.TrainConfig
     train_cfg = config.build(train_class, job["train"], job["kind"])
@@ -24,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                                   job["seed"], **checkpoints)
     if training.is_main_process():
         write_json(job["summary"], summary)
+    PartialState().wait_for_everyone()
+    PartialState().destroy_process_group()  # a clean exit for every process (ZeRO-3 otherwise aborts at exit)
     return 0
 
 

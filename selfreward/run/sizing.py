@@ -22,6 +22,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from selfreward.config import Config, ConfigError, load_accelerate_config, run_models
+from selfreward.method.launch import SHARDED, dpo_reference, load_dtype
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 GB = 1e9
 CUDA_CONTEXT = 2 * GB
@@ -95,6 +98,7 @@ def architecture(spec: str, model_cfg) -> Architecture:
 @dataclass(frozen=True)
 class Strategy:
     name: str
+    kind: str = "single"  # as method.training.parallelism: single, ddp, fsdp, deepspeed
     shard_weights: bool = False
     shard_gradients: bool = False
     shard_optimizer: bool = False
@@ -104,7 +108,7 @@ class Strategy:
 def strategy(launch) -> Strategy:
     """How training spreads over the launch's processes, read from its accelerate config."""
     if launch.accelerate_config is None:
-        return Strategy("one process" if launch.num_processes == 1 else "DDP")
+        return Strategy("one process", "single") if launch.num_processes == 1 else Strategy("DDP", "ddp")
     cluster = load_accelerate_config(launch.accelerate_config)
     kind = str(cluster.distributed_type).rsplit(".", 1)[-1]
     if kind == "FSDP":
@@ -112,13 +116,13 @@ def strategy(launch) -> Strategy:
         sharding = str(fsdp.get("fsdp_reshard_after_forward", fsdp.get("fsdp_sharding_strategy", "FULL_SHARD")))
         full = sharding.upper() in ("FULL_SHARD", "1", "TRUE")
         offload = bool(fsdp.get("fsdp_offload_params", False))
-        return Strategy("FSDP full shard" if full else "FSDP shard grad op", full, True, True, offload)
+        return Strategy("FSDP full shard" if full else "FSDP shard grad op", "fsdp", full, True, True, offload)
     if kind == "DEEPSPEED":
         ds = cluster.deepspeed_config or {}
         stage = int(ds.get("zero_stage", 0))
         offload = ds.get("offload_optimizer_device", "none") not in ("none", None)
-        return Strategy(f"DeepSpeed ZeRO-{stage}", stage >= 3, stage >= 2, stage >= 1, offload)
-    return Strategy("DDP")
+        return Strategy(f"DeepSpeed ZeRO-{stage}", "deepspeed", stage >= 3, stage >= 2, stage >= 1, offload)
+    return Strategy("DDP", "ddp")
 
 
 def dtype_bytes(model_cfg) -> int:
@@ -129,13 +133,17 @@ def dtype_bytes(model_cfg) -> int:
 def training_memory(arch: Architecture, model_cfg, train_cfg, strat: Strategy, world: int, dpo: bool) -> dict:
     """Bytes per GPU of one training stage, by part (see the module docstring)."""
     b, p = dtype_bytes(model_cfg), arch.parameters()
+    loaded = BYTES[load_dtype(model_cfg.finetune, "float32" if b == 4 else "bfloat16", strat.kind)]
     if model_cfg.finetune == "full":
-        weights, gradients, optimizer = 4 * p, 4 * p, 8 * p
-        reference = b * p if dpo else 0
-        adapter = 0
+        # fp32 master weights either way: loaded in fp32 (one process, DDP) or loaded in the compute dtype and
+        # upcast shard by shard (FSDP2, ZeRO-3); then fp32 gradients and Adam's two moments
+        weights, gradients, optimizer, adapter = 4 * p, 4 * p, 8 * p, 0
     else:
-        weights, gradients, optimizer, reference = b * p, 0, 0, 0
+        weights, gradients, optimizer = loaded * p, 0, 0
         adapter = 16 * arch.lora_parameters(model_cfg.lora_r)
+    # DPO's reference log-probs are precomputed before training (method.launch.dpo_reference): no reference
+    # model is held while training; under FSDP a sharded copy exists for the precompute pass only
+    reference = loaded * p if dpo and dpo_reference(model_cfg.finetune, strat.kind) == "a sharded copy" else 0
     host = 0
     shard = {"weights": strat.shard_weights, "gradients": strat.shard_gradients,
              "optimizer": strat.shard_optimizer, "reference": strat.shard_weights}
@@ -155,7 +163,12 @@ def training_memory(arch: Architecture, model_cfg, train_cfg, strat: Strategy, w
                                          + 6 * a.hidden + 2 * a.heads * a.head_dim + 4 * a.intermediate)
     parts["logits"] = tokens * a.vocab * (4 + 4 + b)
     parts["cuda_context"] = CUDA_CONTEXT
-    return {"parts": parts, "total": sum(parts.values()), "host_offload": host}
+    # the precompute pass holds the policy and the sharded reference, not yet gradients and optimizer state
+    precompute = parts["reference"] + parts["weights"] + parts["gathered_layers"] + CUDA_CONTEXT
+    total = max(sum(v for k, v in parts.items() if k != "reference"), precompute)
+    # rank 0 reads the checkpoint into host memory and (full fine-tuning, FSDP) upcasts it before sharding
+    loading = (4 if model_cfg.finetune == "full" else loaded) * p if strat.kind in SHARDED else 0
+    return {"parts": parts, "total": total, "host_offload": host, "host_loading_rank0": loading}
 
 
 def _replies(cfg: Config) -> float:
@@ -244,13 +257,13 @@ def format_plan(plan: dict) -> str:
     lines = [f"{plan['model']}: {plan['parameters'] / 1e9:,.2f} B parameters; training with {plan['strategy']}{over}, "
              f"{plan['gpu_memory_gb']:g} GB per GPU",
              "", "training stage   rows   GB/GPU  (weights grads optim ref adapter gathered activ logits)  host GB"
-             "  tokens       hours", "                 (at most)"]
+             "  rank-0 load GB  tokens       hours", "                 (at most)"]
     for stage, row in plan["training"].items():
         m, parts = row["memory"], row["memory"]["parts"]
         detail = " ".join(f"{parts[k] / GB:.1f}" for k in ("weights", "gradients", "optimizer", "reference",
                                                            "adapter", "gathered_layers", "activations", "logits"))
         lines.append(f"{stage:<16} {row['rows']:>6} {m['total'] / GB:>8.1f}  ({detail})  {m['host_offload'] / GB:>7.1f}"
-                     f"  {row['tokens']:>11,.0f}  {row['hours']:>6.2f}")
+                     f"  {m['host_loading_rank0'] / GB:>14.1f}  {row['tokens']:>11,.0f}  {row['hours']:>6.2f}")
     g = plan["generation"]
     lines += ["", f"generation: {g['weights_per_gpu'] / GB:,.1f} GB of weights per GPU, "
                   f"{g['usable_per_gpu'] / GB:,.1f} GB usable",
@@ -259,5 +272,7 @@ def format_plan(plan: dict) -> str:
         lines.append(f"{stage:<16} {row['judged']:>9,} {row['tokens']:>17,}  {row['hours']:>6.2f}")
     lines += ["", f"times at {a['tokens_per_second']:,.0f} generated tokens/s per engine and {a['train_tflops']:g} "
                   f"TFLOP/s per GPU in training; examples fill {a['tokens_per_example']:.0%} of max_length; "
-                  f"{a['replies_per_eft_prompt']} replies per EFT prompt (OASST)"]
+                  f"{a['replies_per_eft_prompt']} replies per EFT prompt (OASST); DPO's reference log-probs are "
+                  "precomputed (ref: the sharded copy of that pass, under FSDP); rank 0 reads the checkpoint into "
+                  "host memory (rank-0 load) while the other ranks build on the meta device"]
     return "\n".join(lines)
