@@ -18,6 +18,15 @@ def test_preference_pairs_take_highest_and_lowest_and_drop_ties():
         {"prompt": "p1", "chosen": "a", "rejected": "b", "chosen_score": 4.0, "rejected_score": 2.0}]
 
 
+def test_candidates_cut_by_the_length_limit_enter_no_pair_and_no_positive():
+    record = {"prompt": "p", "candidates": [{"response": "long and cut", "score": 5.0, "finished": False},
+                                            {"response": "whole", "score": 4.0, "finished": True},
+                                            {"response": "short", "score": 1.0, "finished": True}]}
+    assert preference_pairs([record]) == [
+        {"prompt": "p", "chosen": "whole", "rejected": "short", "chosen_score": 4.0, "rejected_score": 1.0}]
+    assert positive_examples([record]) == []
+
+
 def test_positive_examples_are_perfect_scores_only():
     records = [_record("p1", ("a", 5.0), ("b", 4.9), ("c", None))]
     assert positive_examples(records) == [{"prompt": "p1", "response": "a", "score": 5.0}]

@@ -141,6 +141,7 @@ def run_iteration(cfg: Config, run: RunDir, iteration: int) -> dict:
         "judgments": sum(len(c["judge"]["judgments"]) for c in candidates),
         "parse_failures": sum(c["judge"]["failures"] for c in candidates),
         "unscored_candidates": len(candidates) - len(scores),
+        "unfinished_candidates": sum(not c["finished"] for c in candidates),  # left out of pairs and positives
         "pairs": len(pairs), "positive_examples": len(positives), "objective": cfg.aift.objective,
         "tokens_generated": prompt_backend.tokens_generated + backend.tokens_generated})
     if cfg.aift.objective == "dpo" and not pairs:
@@ -156,8 +157,9 @@ def run_iteration(cfg: Config, run: RunDir, iteration: int) -> dict:
 
 
 def train_next_model(cfg: Config, run: RunDir, t: int, pairs: list[dict], positives: list[dict], seed: int) -> dict:
-    """M_{t+1} from M_t: DPO on AIFT(M_t)'s pairs, or SFT on its positive examples; with checkpoint
-    selection, the saved checkpoint whose answers win most against M_t's."""
+    """M_{t+1}: DPO of M_t on AIFT(M_t)'s pairs; or, for the paper's positive-only variant, the candidates
+    scored the maximum join the SFT data, M_{t+1} = SFT(M0, IFT + EFT + the positives of AIFT(M1..M_t)).
+    With checkpoint selection, the saved checkpoint whose answers win most against M_t's."""
     import shutil
 
     from selfreward.method import training
@@ -167,7 +169,11 @@ def train_next_model(cfg: Config, run: RunDir, t: int, pairs: list[dict], positi
         if cfg.aift.select_every_steps else {}
     shutil.rmtree(run.checkpoints(t), ignore_errors=True)
     if cfg.aift.objective == "sft_positive":
-        summary = training.sft(current, target, positives, cfg.sft, cfg.model, seed, launch=cfg.launch, **selection)
+        earlier = [row for k in range(1, t) if run.positives(k).is_file() for row in read_jsonl(run.positives(k))]
+        seed_data = read_jsonl(run.ift) + (read_jsonl(run.eft_train) if run.eft_train.is_file() else [])
+        summary = training.sft(base_model(cfg, run), target, seed_data + earlier + positives, cfg.sft, cfg.model, seed,
+                               launch=cfg.launch, **selection)
+        summary["positive_examples_trained"] = len(earlier) + len(positives)
     else:
         summary = training.dpo(current, target, pairs, cfg.dpo, cfg.model, seed, launch=cfg.launch, **selection)
     if selection:

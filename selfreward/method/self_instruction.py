@@ -51,11 +51,17 @@ def candidates_and_judgments(backend, chat, prompts: list[str], candidates_cfg, 
             for prompt, completions, results in zip(prompts, outputs, judged)]
 
 
+def usable(candidate: dict) -> bool:
+    """A candidate that can enter a pair or the positives: scored, not empty, and finished (ended before the
+    length limit: a cut answer is not the answer its model would give, and the paper's candidates are whole)."""
+    return candidate["score"] is not None and bool(candidate["response"].strip()) and candidate.get("finished", True)
+
+
 def preference_pairs(records: list[dict]) -> list[dict]:
-    """Highest-scored candidate = chosen, lowest = rejected; equal scores give no pair."""
+    """Highest-scored usable candidate = chosen, lowest = rejected; equal scores give no pair."""
     pairs = []
     for record in records:
-        scored = [c for c in record["candidates"] if c["score"] is not None and c["response"].strip()]
+        scored = [c for c in record["candidates"] if usable(c)]
         if len(scored) < 2:
             continue
         best = max(scored, key=lambda c: c["score"])
@@ -70,5 +76,4 @@ def preference_pairs(records: list[dict]) -> list[dict]:
 def positive_examples(records: list[dict]) -> list[dict]:
     """The positive-only variant's training data: candidates whose averaged score is the maximum, 5."""
     return [{"prompt": r["prompt"], "response": c["response"], "score": c["score"]}
-            for r in records for c in r["candidates"]
-            if c["score"] is not None and c["score"] >= MAX_SCORE and c["response"].strip()]
+            for r in records for c in r["candidates"] if usable(c) and c["score"] >= MAX_SCORE]

@@ -94,15 +94,14 @@ class Reference(Instrument):
                             "health": verdicts.to_dict()}
         differences = []
         for before, after in model_steps(names):
-            if before == "sft_baseline":
-                continue
             blind = [f"{m}: {models[m]['health']['why_not']}" for m in (before, after)
                      if not models[m]["health"]["informative"]]
             paired = paired_many(items[before], items[after], _statistics, e.bootstrap_samples, cfg.seed)
             for metric, label in (("win_rate", "win rate vs GPT-4 Turbo outputs"),
                                   ("length_controlled", "length-controlled win rate vs GPT-4 Turbo outputs")):
                 differences.append(Difference(label, before, after, paired[metric],
-                                              claim="reference_rises" if metric == "win_rate" else None,
+                                              claim="reference_rises" if metric == "win_rate"
+                                              and before != "sft_baseline" else None,
                                               blind="; ".join(blind) or None))
         write_json(self.file(run), {
             "judge": judge_name, "prompts": len(prompts), "reference_generator": prompts[0].get("reference_generator"),
