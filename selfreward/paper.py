@@ -214,6 +214,10 @@ ASPECTS = [
            ours=lambda c, n: f"{_judge_model(c)} grading, no reference answers, one sampling temperature "
            f"({c['evaluation']['temperature']:g}), {c['evaluation']['mt_bench_questions']} questions",
            same=lambda c, n: False),
+    Aspect("reward-model judgments", "the training judge: k = 3 sampled judgments per reply, averaged",
+           ours=lambda c, n: f"{c['evaluation']['rm_samples']} per reply at temperature "
+           f"{c['judge']['temperature'] if c['evaluation'].get('rm_temperature') is None else c['evaluation']['rm_temperature']:g}",
+           same=lambda c, n: c["evaluation"]["rm_samples"] == 3 and c["evaluation"].get("rm_temperature") is None),
     Aspect("reward-model evaluation set", "all 186 OASST validation prompts (541 ranked replies)",
            ours=lambda c, n: f"{n('reward_model', 'rm_prompts')} prompts" + (
                f", only those whose replies are all at most {c['evaluation']['rm_max_reply_chars']:,} characters"

@@ -7,7 +7,7 @@ from selfreward.config import ConfigError, apply_overrides, from_dict, load_conf
 from conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["tiny", "cpu-small", "paper"])
+@pytest.mark.parametrize("name", ["tiny", "cpu-small", "cpu-study", "gpu-8b", "paper"])
 def test_profiles_load(name):
     cfg = load_config(REPO / "params" / f"{name}.yaml")
     assert cfg.name == name and cfg.candidates.n >= 2

@@ -5,8 +5,8 @@
 impossible values raise ConfigError with a one-line message naming the file and the dotted key.
 This package imports nothing else of selfreward.
 """
-from selfreward.config.loading import apply_overrides, build, from_dict, load_config
-from selfreward.config.schema import (AIFTConfig, CandidatesConfig, Config, ConfigError, DataConfig, DPOConfig,
+from selfreward.config.loading import apply_overrides, from_dict, load_config
+from selfreward.config.schema import (AIFTConfig, CandidatesConfig, Config, ConfigError, DataConfig, DPOConfig, build,
                                       EFTConfig, EvaluationConfig, GenerationConfig, JudgeConfig, LaunchConfig,
                                       ModelConfig, SelfInstructConfig, TrainConfig, load_accelerate_config,
                                       run_models)

@@ -2,73 +2,11 @@
 value checked against its field's type hint; the built Config is validated once (`from_dict`)."""
 from __future__ import annotations
 
-import dataclasses
-import math
-import typing
 from pathlib import Path
-from typing import Literal
 
 import yaml
 
-from selfreward.config.schema import Config, ConfigError, _check
-
-
-def _coerce(value, hint, key):
-    """Check one YAML value against a field's type hint; ints are accepted where floats are."""
-    origin = typing.get_origin(hint)
-    if origin is typing.Union:  # Optional[X]
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], key)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        _check(value in choices, key, f"expected one of {', '.join(map(str, choices))}, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
-               f"expected a number, got {value!r}")
-        _check(math.isfinite(value), key, f"expected a finite number, got {value!r}")
-        return float(value)
-    if hint is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
-        return value
-    if hint is bool:
-        _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
-        return value
-    if hint is str:
-        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
-        return value
-    if hint is dict:
-        value = {} if value is None else value
-        _check(isinstance(value, dict) and all(isinstance(k, str) for k in value), key,
-               f"expected a mapping of names to values, got {value!r}")
-        return value
-    raise ConfigError(f"{key}: unsupported field type {hint}")
-
-
-def build(cls, data, prefix: str = ""):
-    """A dataclass of the schema from a mapping, each value checked against its type; not yet validated."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {}
-    for key, value in data.items():
-        where = f"{prefix}.{key}" if prefix else key
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = build(hint, value if value is not None else {}, where)
-        else:
-            kwargs[key] = _coerce(value, hint, where)
-    return cls(**kwargs)
+from selfreward.config.schema import Config, ConfigError, build
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

@@ -9,7 +9,9 @@ import dataclasses
 import hashlib
 import ipaddress
 import json
+import math
 import re
+import typing
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +233,9 @@ class EvaluationConfig:
     max_new_tokens: int = 256
     reference: bool = True  # also judge each model against AlpacaEval's GPT-4 outputs
     rm_samples: int = 3  # judgments per reply when the models act as reward models
+    # their sampling temperature; None = judge.temperature. 0: greedy reasoning, one judgment per reply, so that
+    # two models' judgments differ by what the models are, not by sampling noise (smaller paired intervals)
+    rm_temperature: Optional[float] = None
     rm_prompts: int = 0  # validation prompts judged by each model; 0 = the whole reward-model eval set
     # > 0: only prompts whose ranked replies are all at most this long (a deviation, for small CPU runs: a
     # 6,000-character reply makes a judge prompt 4x longer than the sliding window); 0 = every prompt
@@ -330,8 +335,11 @@ class Config:
         _check(_model_reference_ok(self.evaluation.judge_model, ["base", "endpoint"] + names),
                "evaluation.judge_model", f"unknown model {self.evaluation.judge_model!r} (expected base, endpoint, "
                f"{', '.join(names)}, or a model spec)")
-        _check(self.judge.temperature > 0 or self.evaluation.rm_samples == 1, "evaluation.rm_samples",
-               f"must be 1 with judge.temperature 0 (greedy decoding gives one judgment, not {self.evaluation.rm_samples})")
+        rm_temperature = self.judge.temperature if self.evaluation.rm_temperature is None else self.evaluation.rm_temperature
+        _check(rm_temperature >= 0, "evaluation.rm_temperature", "must be >= 0")
+        _check(rm_temperature > 0 or self.evaluation.rm_samples == 1, "evaluation.rm_samples",
+               f"must be 1 with a reward-model temperature of 0 (greedy decoding gives one judgment, not "
+               f"{self.evaluation.rm_samples})")
         _check(self.generation.backend != "vllm" or self.model.finetune != "lora" or self.model.lora_r <= 512,
                "model.lora_r", "vLLM serves LoRA adapters of rank at most 512 (generation.backend: vllm)")
         world = self.launch.num_processes
@@ -418,3 +426,62 @@ def _sampling(section, key):
     _check(section.temperature >= 0, f"{key}.temperature", "must be >= 0")
     _check(0 < section.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
 
+
+# ---------------------------------------------------------------- building from plain values
+
+def _coerce(value, hint, key):
+    """Check one YAML value against a field's type hint; ints are accepted where floats are."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], key)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        _check(value in choices, key, f"expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
+               f"expected a number, got {value!r}")
+        _check(math.isfinite(value), key, f"expected a finite number, got {value!r}")
+        return float(value)
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, f"expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        _check(isinstance(value, bool), key, f"expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    if hint is dict:
+        value = {} if value is None else value
+        _check(isinstance(value, dict) and all(isinstance(k, str) for k in value), key,
+               f"expected a mapping of names to values, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {hint}")
+
+
+def build(cls, data, prefix: str = ""):
+    """A dataclass of the schema from a mapping, each value checked against its type; not yet validated."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = build(hint, value if value is not None else {}, where)
+        else:
+            kwargs[key] = _coerce(value, hint, where)
+    return cls(**kwargs)

@@ -52,7 +52,8 @@ class RewardModel(Instrument):
         from selfreward.method.judging import ranked_rows
 
         threads = prompts(cfg, run)
-        judge_cfg = dataclasses.replace(cfg.judge, samples=e.rm_samples)
+        judge_cfg = dataclasses.replace(cfg.judge, samples=e.rm_samples, temperature=cfg.judge.temperature
+                                        if e.rm_temperature is None else e.rm_temperature)
         judges = [(name, name, judge_cfg) for name in self.models(cfg)]
         if e.judge_prompt_ablation:
             judges.append((ABLATION, "sft_baseline", dataclasses.replace(judge_cfg, prompt="multiple_choice")))
@@ -80,7 +81,7 @@ class RewardModel(Instrument):
                 differences.append(Difference("top-score share", before, after, paired["top_score_share"],
                                               claim="no_eft_one_score", blind=None))
         write_json(self.file(run), {"prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
-                                    "samples": judge_cfg.samples, "models": table,
+                                    "samples": judge_cfg.samples, "temperature": judge_cfg.temperature, "models": table,
                                     "differences": [d.to_dict() for d in differences],
                                     "health": {label: t["health"] for label, t in table.items()}})
         return {"rm_prompts": len(threads), "tokens_generated": tokens,
@@ -104,7 +105,8 @@ class RewardModel(Instrument):
         published = pd.DataFrame(paper.REWARD_MODEL)
         published.columns = [c.replace("_", " ") + (" %" if c in agreement.PERCENT else "") for c in published.columns]
         tables = [(f"{result['prompts']} prompts, {result['replies']} ranked replies, {result['samples']} judgment(s) "
-                   "per reply; 95% intervals over prompts.", pd.DataFrame(rows).set_index("judge")),
+                   f"per reply at temperature {result.get('temperature', '—')}; 95% intervals over prompts.",
+                   pd.DataFrame(rows).set_index("judge")),
                   (f"The paper's numbers ({paper.MODEL}, OASST held-out).", published.rename_axis("judge (paper)")),
                   ("Score distributions on the held-out replies (rounded scores).", self.score_distributions(run))]
         ablation = self.judge_prompt_ablation(run)
