@@ -1,6 +1,7 @@
 """Command line.
 
-selfreward run PARAMS [--out DIR] [--set key=value ...] [--force STAGE] [--from STAGE] [--verify] [--no-book]
+selfreward run PARAMS [--out DIR] [--set key=value ...] [--force STAGE] [--from STAGE] [--reuse RUN_DIR] [--verify]
+               [--no-book]
     the pipeline into DIR/<name> (default runs/<name>), then the run's book in DIR/<name>/book
 selfreward book PARAMS [--out DIR] [--set ...] [--publish]
     the book of a run; --publish makes a complete run the checkout's reference book (book/run/)
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], metavar="STAGE",
                      help="re-run STAGE and every stage that depends on it (repeatable)")
     run.add_argument("--from", dest="start", metavar="STAGE", help="re-run STAGE and every later stage")
+    run.add_argument("--reuse", metavar="RUN_DIR",
+                     help="first take from another run's folder every stage it finished with the same fingerprint")
     run.add_argument("--verify", action="store_true",
                      help="before skipping a stage, also check the hashes of its model weights")
     run.add_argument("--no-book", action="store_true", help="do not build the book at the end")
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             from selfreward.run import pipeline
 
             manifest = pipeline.run(cfg, args.out, params_file=args.params, overrides=args.overrides,
-                                    force=args.force, start=args.start, verify=args.verify)
+                                    force=args.force, start=args.start, verify=args.verify, reuse=args.reuse)
             print(f"run finished: {run_dir}/manifest.json")
             for name, entry in manifest["stages"].items():
                 print(f"  {name:<14} {entry['status']:<8} {entry.get('duration_s', 0):>8.1f} s")

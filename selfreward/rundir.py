@@ -119,6 +119,11 @@ class RunDir:
     def positives(self, t: int) -> Path:
         return self.aift(t) / "positive.jsonl"
 
+    def variant(self, name: str) -> Path:
+        """An ablation variant's candidates (with what it added to them) and pairs; its model is
+        models/variant_<name>."""
+        return self.root / "aift" / f"variant_{name}"
+
     def checkpoint_selection(self, t: int) -> Path:
         return self.aift(t) / "checkpoint_selection.json"
 

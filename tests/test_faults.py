@@ -335,3 +335,23 @@ def test_an_endpoint_answering_garbage_is_retried_then_one_line(monkeypatch):
     finally:
         server.shutdown()
     assert str(err.value) == f"judge endpoint {url} failed after 3 tries: an answer that is not the expected JSON"
+
+
+def test_reuse_takes_the_finished_stages_of_another_run(tiny_run, tmp_path):
+    """--reuse: a run in a new folder takes every stage another run finished with the same fingerprint (hard
+    links of its files) and runs only the rest: here a stage whose file was damaged there, and the report."""
+    root, _, _ = tiny_run
+    source = tmp_path / "source"
+    shutil.copytree(root / "runs", source, ignore=shutil.ignore_patterns("book"))
+    (source / "tiny" / "eval" / "lengths.json").write_text("{}")  # damaged there: not taken
+    result = run_cli(tmp_path / "fresh", root / "cache", "--no-book", "--reuse", str(source / "tiny"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    reused = next(line for line in result.stdout.splitlines() if line.startswith("[reuse]"))
+    assert "data, sft_baseline, eft, m1, iteration_1, iteration_2, responses" in reused and "lengths" not in reused
+    assert "[mt_bench] unchanged, skipped" in result.stdout and "[lengths] running" in result.stdout
+    manifest = json.loads((tmp_path / "fresh" / "tiny" / "manifest.json").read_text())
+    assert manifest["stages"]["m1"]["reused_from"] == str((source / "tiny").resolve())
+    assert (tmp_path / "fresh" / "tiny" / "models" / "m1" / "model.safetensors").stat().st_nlink >= 2
+    assert "reused_from" not in manifest["stages"]["lengths"]
+    missing = run_cli(tmp_path / "other", root / "cache", "--no-book", "--reuse", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "--reuse" in missing.stderr.strip().splitlines()[-1]

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Literal, Optional
 
 
+WHEN_SET = {"fingerprint": "when set"}  # field metadata: an option fingerprinted only when set (see _plain)
+
+
 class ConfigError(ValueError):
     """A params file or override that cannot be used; the message is one line."""
 
@@ -162,12 +165,52 @@ class AIFTConfig:
     # evaluation judge (evaluation.judge_model)
     select_every_steps: int = 0
     select_prompts: int = 0
+    # The small-model fixes (selfreward.method.variants), each off by default: the paper's recipe.
+    # implicit (CREAM, Wang et al., ICLR 2025): candidates ranked by the DPO implicit reward
+    # log pi_{M_t}(y|x) - log pi_{M_{t-1}}(y|x) (M_0: the base model) instead of the judge's score
+    reward: Literal["judge", "implicit"] = field(default="judge", metadata=WHEN_SET)
+    # CREAM's consistency regularisation: each pair's DPO loss C * DPO(y+, y-) + (1 - C) * DPO(y-, y+), with
+    # C = (tau + 1) / 2 and tau the Kendall tau between M_t's and M_{t-1}'s rankings of the prompt's candidates
+    consistency: bool = field(default=False, metadata=WHEN_SET)
+    # length control (Meta-Rewarding; NeMo-Aligner's self-rewarding recipe), > 0: among the candidates within
+    # rho of the best score the shortest is chosen, among those within rho of the worst the longest rejected
+    length_rho: float = field(default=0.0, metadata=WHEN_SET)
+    # meta-judge (Meta-Rewarding, Wu et al., 2024): M_t compares two of its own judgments of a reply; the
+    # preferred and the rejected judgment form judge pairs, trained by DPO beside the answer pairs
+    meta_judge: bool = field(default=False, metadata=WHEN_SET)
+    # anchored rejection (Temporal Self-Rewarding, 2025): the rejected reply is the lowest-scored of the anchor
+    # model's candidates for the same prompt; "" = off, base = M0, or a model of the run
+    anchor: str = field(default="", metadata=WHEN_SET)
 
     def validate(self, key):
+        _check(0 <= self.length_rho <= JUDGE_MAX_SCORE, f"{key}.length_rho",
+               f"must be in [0, {JUDGE_MAX_SCORE}] (the judge's score range), got {self.length_rho:g}")
+        _check(not (self.length_rho and self.reward == "implicit"), f"{key}.length_rho",
+               "is in judge points: it needs reward: judge, not implicit (implicit rewards are log-ratios)")
         _check(self.select_every_steps >= 0, f"{key}.select_every_steps", "must be >= 0 (0 = off)")
         _check(self.select_prompts >= 0, f"{key}.select_prompts", "must be >= 0")
         _check(not self.select_every_steps or self.select_prompts > 0, f"{key}.select_prompts",
                "must be > 0 when select_every_steps is on")
+
+
+JUDGE_MAX_SCORE = 5  # the additive judge's range, 0-5 (selfreward.method.prompts.MAX_SCORE; a test checks)
+
+
+@dataclass
+class AblationConfig:
+    """Variants of one self-rewarding iteration (the small-model fixes of the `aift` section), each from the
+    same model as the run's own iteration from it (the paper's recipe), and compared with that iteration's
+    model on the same instruments (evaluation.instruments.ablation). Each variant is a name and the `aift`
+    keys it changes, plus `start` (a model m1 .. m_T of the run; default `start` below): e.g.
+    {implicit: {reward: implicit}, consistency: {consistency: true, start: m2}}."""
+    start: str = "m1"
+    variants: dict = field(default_factory=dict)
+
+    def validate(self, key):
+        for name, overrides in self.variants.items():
+            _check(re.fullmatch(r"[a-z][a-z0-9_]*", name) is not None, f"{key}.variants.{name}",
+                   "a variant's name is lowercase letters, digits and _")
+            _check(isinstance(overrides, dict), f"{key}.variants.{name}", "expected a mapping of aift keys to values")
 
 
 @dataclass
@@ -318,6 +361,7 @@ class Config:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
     def validate(self):
         """Every section's own rules, then the rules that join sections."""
@@ -342,6 +386,7 @@ class Config:
                f"{self.evaluation.rm_samples})")
         _check(self.generation.backend != "vllm" or self.model.finetune != "lora" or self.model.lora_r <= 512,
                "model.lora_r", "vLLM serves LoRA adapters of rank at most 512 (generation.backend: vllm)")
+        self._check_variants(names)
         world = self.launch.num_processes
         for section in ("sft", "dpo"):
             train = getattr(self, section)
@@ -352,6 +397,35 @@ class Config:
             _check(not (self.launch.multi_process and train.logprobs == "selected"), f"{section}.logprobs",
                    "selected runs in one process only; with launch.num_processes > 1 or an accelerate config "
                    "set logprobs: trl")
+
+    def variants(self) -> list[tuple[str, "AIFTConfig", int]]:
+        """The ablation's variants: (name, its aift section, the iteration t it starts from, from M_t)."""
+        found = []
+        for name, overrides in self.ablation.variants.items():
+            overrides = dict(overrides)
+            start = overrides.pop("start", self.ablation.start)
+            section = build(AIFTConfig, {**dataclasses.asdict(self.aift), **overrides}, f"ablation.variants.{name}")
+            found.append((name, section, int(start[1:]) if re.fullmatch(r"m\d+", str(start)) else 0))
+        return found
+
+    def _check_variants(self, names: list[str]):
+        """The variant options' rules that need the rest of the config: a previous model for consistency, a
+        known anchor, the lean DPO loss for weighted pairs, and each ablation variant's start."""
+        sections = [("aift", self.aift, 1)] + [(f"ablation.variants.{n}", s, t) for n, s, t in self.variants()]
+        for key, section, t in sections:
+            if key != "aift":  # (its keys were checked when it was built, in `variants`)
+                _check(1 <= t <= self.iterations, f"{key}.start", f"must be a model with an iteration from it: "
+                       f"{', '.join(f'm{i}' for i in range(1, self.iterations + 1))}")
+                section.validate(key)
+            if self.iterations == 0 and key == "aift":
+                continue
+            _check(not (section.consistency and t == 1), f"{key}.consistency",
+                   "needs the previous model's ranking of the candidates, and the first iteration (from M1) has no "
+                   "previous model; use it from M2 on (an ablation variant with start: m2)")
+            _check(not (section.consistency and self.dpo.logprobs != "selected"), f"{key}.consistency",
+                   "weights each pair's DPO loss: it needs dpo.logprobs: selected")
+            _check(not section.anchor or _model_reference_ok(section.anchor, ["base"] + names), f"{key}.anchor",
+                   f"unknown model {section.anchor!r} (expected base, {', '.join(names)}, or a model spec)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -409,7 +483,16 @@ def _model_reference_ok(value: str, names: list[str]) -> bool:
 
 
 def _plain(value):
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    """A section as plain values for its fingerprint. An option added after runs exist (metadata WHEN_SET)
+    counts only when it differs from its default, so that adding one (at the paper's behaviour) keeps the
+    stages of every earlier run."""
+    if not dataclasses.is_dataclass(value):
+        return value
+    plain = dataclasses.asdict(value)
+    for f in dataclasses.fields(value):
+        if f.metadata.get("fingerprint") == "when set" and getattr(value, f.name) == f.default:
+            del plain[f.name]
+    return plain
 
 
 def _check(ok: bool, key: str, message: str):

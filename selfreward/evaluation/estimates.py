@@ -128,7 +128,7 @@ def mean_of(xs: Sequence[float | None]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-RISES, FALLS, UNDETECTABLE = "rises", "falls", "no change detectable"
+RISES, FALLS, UNDETECTABLE = "rises", "falls", "no change detectable beyond ±MDE"
 
 
 def direction(difference: Estimate) -> str | None:

@@ -72,6 +72,8 @@ class Instrument:
     description: str = ""  # markdown: what it measures, and what it does not
     sections: tuple[str, ...] = ("seed", "model", "generation", "evaluation")  # the config it reads
     uses_responses: bool = False  # reads every model's answers to the evaluation prompts (stage `responses`)
+    after: tuple[str, ...] = ()  # the instruments whose results it reads
+    evaluates_variants: bool = False  # measures the ablation's variant models (needs their stages)
     order: int = 100  # its place among the instruments
 
     def enabled(self, cfg: Config) -> bool:

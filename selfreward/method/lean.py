@@ -148,13 +148,20 @@ class LeanSFTTrainer(_WithFastDropout, SFTTrainer):
         return (loss, None) if return_outputs else loss
 
 
-def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
+def dpo_loss(policy_logps: torch.Tensor, reference_logps: torch.Tensor, beta: float,
+             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The paper's sigmoid DPO loss. Both inputs hold one sequence log-probability per row, the chosen
-    rows first, then the rejected rows in the same order. Returns the mean loss and, per pair, the
-    implicit rewards beta * (log pi - log pi_ref) of both replies and their margin."""
+    rows first, then the rejected rows in the same order. With `weights` (one C per pair: CREAM's
+    consistency), each pair's loss is C * DPO(chosen, rejected) + (1 - C) * DPO(rejected, chosen). Returns
+    the mean loss and, per pair, the implicit rewards beta * (log pi - log pi_ref) of both replies and
+    their margin."""
     chosen, rejected = (policy_logps - reference_logps).chunk(2)
     margin = beta * (chosen - rejected)
-    return -F.logsigmoid(margin).mean(), {"rewards/chosen": beta * chosen, "rewards/rejected": beta * rejected,
+    losses = -F.logsigmoid(margin)
+    if weights is not None:
+        weights = weights.to(margin)
+        losses = weights * losses + (1 - weights) * -F.logsigmoid(-margin)
+    return losses.mean(), {"rewards/chosen": beta * chosen, "rewards/rejected": beta * rejected,
                                           "rewards/margins": margin, "rewards/accuracies": (margin > 0).float()}
 
 
@@ -169,10 +176,28 @@ def eval_mode(model):
         model.train(was_training)
 
 
+class WeightedPreferenceCollator:
+    """TRL's preference collator, passing each pair's `weight` (CREAM's consistency C) along when the rows
+    carry one."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples):
+        batch = self.collator(examples)
+        if examples and "weight" in examples[0]:
+            batch["weight"] = torch.tensor([float(e["weight"]) for e in examples])
+        return batch
+
+
 class LeanDPOTrainer(_WithFastDropout, DPOTrainer):
     """TRL's DPOTrainer with `dpo_loss` on log-probabilities from `token_logprobs`. The reference
     log-probabilities are computed once, before training (`precompute_ref_log_probs`), by
     `compute_ref_log_probs`: a deterministic eval-mode forward of the starting model."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_collator = WeightedPreferenceCollator(self.data_collator)
 
     def compute_ref_log_probs(self, model, inputs):
         """log pi_ref of the chosen and the rejected rows of a batch. The reference is the starting model
@@ -193,7 +218,7 @@ class LeanDPOTrainer(_WithFastDropout, DPOTrainer):
             reference = torch.cat([inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]]).to(logps)
         else:
             reference = torch.cat(self.compute_ref_log_probs(model, inputs))
-        loss, rewards = dpo_loss(logps, reference, self.beta)
+        loss, rewards = dpo_loss(logps, reference, self.beta, inputs.get("weight"))
         mode = "train" if model.training else "eval"
         chosen_logps, rejected_logps = logps.detach().chunk(2)
         for key, value in {**rewards, "logps/chosen": chosen_logps, "logps/rejected": rejected_logps}.items():

@@ -330,6 +330,44 @@ class PairwiseTemplate:
 
 PAIRWISE = PairwiseTemplate(PAIRWISE_JUDGE)
 
+# the meta-judge (Meta-Rewarding, Wu et al., 2024): the model compares two of its own judgments of one reply
+META_JUDGE_TEXT = """\
+Below are a user's question, a response to it, and two judgments of that response, each written by a judge \
+that graded the response with an additive 5-point system (a point each for relevance, for covering a \
+substantial part of the question, for answering its basic elements usefully, for a direct and well \
+organised answer, and for an impeccably tailored, expert one). Decide which judgment is more accurate: \
+which reasons more faithfully from the response to its score. The order of the judgments is not a reason \
+to prefer one.
+
+User: {prompt}
+
+<response>{response}</response>
+
+Judgment (a):
+{judgment_a}
+
+Judgment (b):
+{judgment_b}
+
+Which judgment is more accurate? Answer with exactly "Judgment (a)" or "Judgment (b)".
+"""
+
+
+@dataclass(frozen=True)
+class MetaJudgeTemplate:
+    """The meta-judge's prompt as data: its text, its two options and the answer prefix to read after."""
+
+    text: str
+    options: tuple[str, str] = ("a", "b")
+    answer_prefix: str = "Judgment ("
+
+    def prompt(self, prompt: str, response: str, judgment_a: str, judgment_b: str) -> str:
+        return self.text.format(prompt=prompt.strip(), response=response.strip(), judgment_a=judgment_a.strip(),
+                                judgment_b=judgment_b.strip())
+
+
+META_JUDGE = MetaJudgeTemplate(META_JUDGE_TEXT)
+
 
 # ---------------------------------------------------------------- MT-Bench single-answer grading
 

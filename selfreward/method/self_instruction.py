@@ -38,17 +38,27 @@ def new_prompts(backend, seed_prompts: list[str], instruct_cfg, seed: int) -> li
     return records
 
 
-def candidates_and_judgments(backend, chat, prompts: list[str], candidates_cfg, judge_cfg, seed: int) -> list[dict]:
-    """N sampled responses per prompt, each judged k times by the same model."""
+def sample_candidates(backend, chat, prompts: list[str], candidates_cfg, seed: int) -> list[dict]:
+    """N sampled responses per prompt, not yet judged: one record per prompt."""
     outputs = backend.generate([chat.prompt(p) for p in prompts], n=candidates_cfg.n,
                                temperature=candidates_cfg.temperature, top_p=candidates_cfg.top_p,
                                max_new_tokens=candidates_cfg.max_new_tokens, seed=seed, desc="candidates")
-    judged = score_groups(backend, chat, [(p, [c.text for c in completions]) for p, completions in zip(prompts, outputs)],
-                          judge_cfg, seed=seed + 1, desc="self-judging")
-    return [{"prompt": prompt, "candidates": [
-                {"response": c.text, "num_tokens": c.num_tokens, "finished": c.finished, "score": result.score,
-                 "judge": result.to_dict()} for c, result in zip(completions, results)]}
-            for prompt, completions, results in zip(prompts, outputs, judged)]
+    return [{"prompt": prompt, "candidates": [{"response": c.text, "num_tokens": c.num_tokens, "finished": c.finished}
+                                              for c in completions]} for prompt, completions in zip(prompts, outputs)]
+
+
+def judge_candidates(backend, chat, records: list[dict], judge_cfg, seed: int, desc: str = "self-judging") -> list[dict]:
+    """Each candidate judged k times by `backend`'s model: its mean `score` and its judgments (`judge`)."""
+    judged = score_groups(backend, chat, [(r["prompt"], [c["response"] for c in r["candidates"]]) for r in records],
+                          judge_cfg, seed=seed, desc=desc)
+    return [{**r, "candidates": [{**c, "score": result.score, "judge": result.to_dict()}
+                                 for c, result in zip(r["candidates"], results)]} for r, results in zip(records, judged)]
+
+
+def candidates_and_judgments(backend, chat, prompts: list[str], candidates_cfg, judge_cfg, seed: int) -> list[dict]:
+    """N sampled responses per prompt, each judged k times by the same model."""
+    return judge_candidates(backend, chat, sample_candidates(backend, chat, prompts, candidates_cfg, seed), judge_cfg,
+                            seed + 1)
 
 
 def usable(candidate: dict) -> bool:
@@ -57,20 +67,31 @@ def usable(candidate: dict) -> bool:
     return candidate["score"] is not None and bool(candidate["response"].strip()) and candidate.get("finished", True)
 
 
-def preference_pairs(records: list[dict]) -> list[dict]:
-    """Highest-scored usable candidate = chosen, lowest = rejected; equal scores give no pair."""
-    pairs = []
+def best_and_worst(scored: list[dict]) -> tuple[dict, dict] | None:
+    """The paper's pair: the highest-scored candidate chosen, the lowest rejected."""
+    if len(scored) < 2:
+        return None
+    return max(scored, key=lambda c: c["score"]), min(scored, key=lambda c: c["score"])
+
+
+def pair(prompt: str, chosen: dict, rejected: dict) -> dict | None:
+    """A preference pair, or None where it teaches nothing (a score tie, or the same text twice)."""
+    if chosen["score"] <= rejected["score"] or chosen["response"].strip() == rejected["response"].strip():
+        return None
+    return {"prompt": prompt, "chosen": chosen["response"], "rejected": rejected["response"],
+            "chosen_score": chosen["score"], "rejected_score": rejected["score"]}
+
+
+def preference_pairs(records: list[dict], choose=best_and_worst) -> list[dict]:
+    """One pair per prompt from its usable candidates, chosen and rejected as `choose` says (the paper: the
+    highest- and lowest-scored); prompts whose candidates tie give none."""
+    found = []
     for record in records:
-        scored = [c for c in record["candidates"] if usable(c)]
-        if len(scored) < 2:
-            continue
-        best = max(scored, key=lambda c: c["score"])
-        worst = min(scored, key=lambda c: c["score"])
-        if best["score"] == worst["score"] or best["response"].strip() == worst["response"].strip():
-            continue  # a tie, or the same text twice, teaches nothing
-        pairs.append({"prompt": record["prompt"], "chosen": best["response"], "rejected": worst["response"],
-                      "chosen_score": best["score"], "rejected_score": worst["score"]})
-    return pairs
+        picked = choose([c for c in record["candidates"] if usable(c)])
+        made = picked and pair(record["prompt"], *picked)
+        if made:
+            found.append(made)
+    return found
 
 
 def positive_examples(records: list[dict]) -> list[dict]:

@@ -88,8 +88,10 @@ def _scrub_output(output, paths: dict[str, str]):
 
 def machine_paths(run: RunDir) -> dict[str, str]:
     """This machine's paths that a chapter would otherwise show, and what to show instead."""
-    return {str(run.root.resolve()): f"runs/{run.root.name}", sys.prefix: "<python>", str(Path.home()): "~",
-            str(BOOK.parent): "<checkout>"}
+    reused = {e["reused_from"] for e in read_json(run.manifest)["stages"].values() if e.get("reused_from")} \
+        if run.manifest.is_file() else set()
+    return {str(run.root.resolve()): f"runs/{run.root.name}", **{root: f"runs/{Path(root).name}" for root in reused},
+            sys.prefix: "<python>", str(Path.home()): "~", str(BOOK.parent): "<checkout>"}
 
 
 def prepare(run_dir, book_dir=None) -> Path:

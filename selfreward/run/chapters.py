@@ -179,3 +179,15 @@ def plot_judge_health(run_dir):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def variant_pairs(run_dir, name: str, count: int = 5, width: int = 300) -> pd.DataFrame:
+    """The first preference pairs of an ablation variant (answer pairs, then judge pairs), with their scores
+    and, under consistency, their weights."""
+    path = RunDir(run_dir).variant(name) / "pairs.jsonl"
+    rows = read_jsonl(path) if path.is_file() else []
+    shown = [r for r in rows if not r.get("judge_pair")][:count] + [r for r in rows if r.get("judge_pair")][:2]
+    return pd.DataFrame([{"kind": "judge pair" if p.get("judge_pair") else "answer pair", "prompt": p["prompt"][-width:],
+                          "chosen": p["chosen"][:width], "rejected": p["rejected"][:width],
+                          "chosen score": p["chosen_score"], "rejected score": p["rejected_score"],
+                          "weight C": p.get("weight", "—")} for p in shown])

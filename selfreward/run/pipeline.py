@@ -127,16 +127,57 @@ def preflight(cfg: Config, out_root: Path):
 
 
 def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overrides: list[str] | None = None,
-        force: list[str] = (), start: str | None = None, verify: bool = False, log=print) -> dict:
+        force: list[str] = (), start: str | None = None, verify: bool = False, reuse: str | Path | None = None,
+        log=print) -> dict:
     """Run the stages of `cfg` into `out_root/<name>`: stages whose config, inputs and outputs are unchanged
-    are skipped; the others run in one Jupyter kernel, in order. Returns the manifest."""
+    are skipped; the others run in one Jupyter kernel, in order. With `reuse` (another run's folder), the
+    stages that run has finished with the same fingerprints are taken from it first. Returns the manifest."""
     run_dir = RunDir(Path(out_root) / cfg.name)
     stages = plan(cfg)
     rerun = selected_stages(stages, force, start)
     preflight(cfg, Path(out_root))
+    other = RunDir(reuse) if reuse else None
+    if other is not None and not other.manifest.is_file():
+        raise PipelineError(f"--reuse {other.root}: not a run folder (no manifest.json)")
     with locked(run_dir, log), _kernel() as kernel:
+        if other is not None:
+            reuse_stages(cfg, run_dir, other, stages, rerun, log)
         return _run_stages(cfg, run_dir, stages, rerun, verify, kernel,
                            {"params_file": params_file, "overrides": overrides or []}, log)
+
+
+def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage], rerun: set[str], log) -> list[str]:
+    """Take from another run every stage it finished with the same fingerprint (the same config sections,
+    inputs and upstream stages) whose outputs are intact there, and this run has not: its files (hard links
+    where the disk allows) and its manifest entry, marked `reused_from`. Returns the stages taken."""
+    theirs = read_json(other.manifest)["stages"]
+    ours = read_json(run_dir.manifest)["stages"] if run_dir.manifest.is_file() else {}
+    prints, taken = fingerprints(cfg, stages), []
+    for stage in stages:
+        entry, mine = theirs.get(stage.name, {}), ours.get(stage.name, {})
+        if stage.report or stage.name in rerun or entry.get("status") != "done" \
+                or entry.get("fingerprint") != prints[stage.name]:
+            continue
+        if mine.get("status") == "done" and mine.get("fingerprint") == prints[stage.name]:
+            continue
+        if changed_files(other, entry.get("outputs")) is not None:
+            continue
+        for name in entry["outputs"]:
+            target = run_dir.root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            try:
+                os.link(other.root / name, target)
+            except OSError:  # another file system: a copy
+                import shutil
+                shutil.copy2(other.root / name, target)
+        ours[stage.name] = {**entry, "reused_from": str(other.root.resolve())}
+        taken.append(stage.name)
+    if taken:
+        previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
+        write_json(run_dir.manifest, {**previous, "stages": {**previous.get("stages", {}), **ours}})
+        log(f"[reuse] from {other.root}: {', '.join(taken)}")
+    return taken
 
 
 def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[str], verify: bool, kernel,

@@ -8,6 +8,7 @@ stage's counts as `stages/<name>.json` for the manifest.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from selfreward import evaluation
 from selfreward.config import Config, from_dict
 from selfreward.evaluation.responses import run_responses
 from selfreward.io import write_json
-from selfreward.method import data, loop
+from selfreward.method import data, loop, variants
+from selfreward.run import notebooks
 from selfreward.rundir import RunDir
 
 INSTRUMENT_NOTEBOOK = "instrument.ipynb"  # one chapter template for every instrument (`run.notebooks`)
@@ -36,6 +38,7 @@ class Stage:
     iteration: int = 0
     report: bool = False  # renders reports only: re-run every time, records no outputs
     instrument: str | None = None  # the evaluation instrument it runs
+    fields: tuple[tuple[str, str], ...] = ()  # what its notebook template's {title}, {description}, {name} are
 
 
 def plan(cfg: Config) -> list[Stage]:
@@ -58,17 +61,28 @@ def plan(cfg: Config) -> list[Stage]:
             f"iteration_{t}", "05_iteration.ipynb", functools.partial(loop.run_iteration, iteration=t), sections,
             ("data", "m1" if t == 1 else f"iteration_{t - 1}"),
             functools.partial(lambda r, t: [r.aift(t), r.model(f"m{t + 1}")], t=t), iteration=t))
+    for name, section, t in cfg.variants():  # the ablation: one iteration's variants, each from M_t
+        stages.append(Stage(
+            f"variant_{name}", "05_variant.ipynb", functools.partial(variants.run_variant, name=name),
+            model_sections + ("generation", "candidates", "judge", "dpo"),
+            ("data", f"iteration_{t}"), functools.partial(lambda r, n: [r.variant(n), r.model(f"variant_{n}")], n=name),
+            inputs=functools.partial(lambda cfg, s, t: f"{dataclasses.asdict(s)}|m{t}", s=section, t=t),  # its own options
+            iteration=t, fields=(("name", name), ("title", f"Ablation variant {name}: one iteration from M{t}"),
+                                 ("description", variants.describe(section, t)))))
     if not cfg.evaluation.enabled:
         return stages
-    trained = tuple(s.name for s in stages if s.name not in ("data", "eft"))
+    trained = tuple(s.name for s in stages if s.name not in ("data", "eft") and not s.name.startswith("variant_"))
+    ablation = tuple(s.name for s in stages if s.name.startswith("variant_"))
     instruments = evaluation.registered(cfg)
     if any(i.uses_responses for i in instruments):
         stages.append(Stage("responses", "06_responses.ipynb", run_responses, model_sections + ("evaluation",),
                             ("data",) + trained, lambda r: [r.eval / "responses"]))
     for instrument in instruments:
-        needs = ("data",) + trained + (("responses",) if instrument.uses_responses else ())
+        needs = ("data",) + trained + (("responses",) if instrument.uses_responses else ()) + instrument.after \
+            + (ablation if instrument.evaluates_variants else ())
         stages.append(Stage(instrument.name, INSTRUMENT_NOTEBOOK, instrument.run, instrument.sections, needs,
-                            instrument.outputs, instrument=instrument.name))
+                            instrument.outputs, instrument=instrument.name,
+                            fields=tuple(notebooks.fields(instrument).items())))
     stages.append(Stage("results", "10_results.ipynb", lambda cfg, run: {}, (), tuple(s.name for s in stages),
                         report=True))
     return stages
