@@ -12,7 +12,6 @@ from selfreward.evaluation.estimates import RISES, mean_of, paired
 from selfreward.evaluation.instrument import Difference, Instrument
 from selfreward.evaluation.responses import load
 from selfreward.io import read_json, read_jsonl, write_json, write_jsonl
-from selfreward.method import data
 from selfreward.method.prompts import JUDGE_TEMPLATES
 from selfreward.rundir import slug
 
@@ -59,12 +58,8 @@ class Ablation(Instrument):
         from selfreward.method.loop import answer
 
         e = cfg.evaluation
-        hp_threads = read_jsonl(run.rm_eval)
-        if e.hp_prompts:
-            hp_threads = data.ranked_threads(hp_threads, e.hp_prompts, cfg.seed)
-        rm_threads = reward_model.prompts(cfg, run)
-        judge_cfg = dataclasses.replace(cfg.judge, samples=e.rm_samples, temperature=cfg.judge.temperature
-                                        if e.rm_temperature is None else e.rm_temperature)
+        hp_threads, rm_threads = human_preference.threads(cfg, run), reward_model.prompts(cfg, run)
+        judge_cfg = reward_model.judge_config(cfg)
         instructions = [p["instruction"] for p in read_jsonl(run.eval_prompts)]
         rm = read_json(run.eval / "reward_model.json")["models"]
         variants, differences, tokens = {}, [], 0

@@ -41,6 +41,12 @@ def implicit(rows: list[dict], reference: list[dict]) -> list[dict]:
             for r, q in zip(rows, reference, strict=True)]
 
 
+def threads(cfg, run) -> list[dict]:
+    """The validation prompts whose ranked replies are read (evaluation.hp_prompts; 0: every one)."""
+    found = read_jsonl(run.rm_eval)
+    return data.ranked_threads(found, cfg.evaluation.hp_prompts, cfg.seed) if cfg.evaluation.hp_prompts else found
+
+
 def references(cfg) -> dict[str, str]:
     """The implicit reward of a DPO-trained M_{t+1} is measured against M_t, the reference of its DPO."""
     return {f"m{t + 1}": f"m{t}" for t in range(1, cfg.iterations + 1)} if cfg.aift.objective == "dpo" else {}
@@ -63,13 +69,11 @@ class HumanPreference(Instrument):
         from selfreward.generation import loaded_backend
 
         e = cfg.evaluation
-        threads = read_jsonl(run.rm_eval)
-        if e.hp_prompts:
-            threads = data.ranked_threads(threads, e.hp_prompts, cfg.seed)
+        read = threads(cfg, run)
         per_model = {}
         for name in self.models(cfg):
             with loaded_backend(str(run.model(name)), cfg) as (backend, chat):
-                per_model[name] = reply_logprobs(backend, chat, threads, e.hp_max_reply_tokens,
+                per_model[name] = reply_logprobs(backend, chat, read, e.hp_max_reply_tokens,
                                                  desc=f"log-likelihoods {name}")
             write_jsonl(self.folder(run) / f"{name}.jsonl", per_model[name])
         refs = references(cfg)
@@ -89,10 +93,10 @@ class HumanPreference(Instrument):
             differences.append(Difference("likelihood picks the human-preferred reply", before, after,
                                           paired["pairwise_accuracy"], claim=CLAIMS.get((before, after))))
         pairs = agreement.pairs(normalised(next(iter(per_model.values()))))
-        write_json(self.file(run), {"prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
+        write_json(self.file(run), {"prompts": len(read), "replies": sum(len(t["replies"]) for t in read),
                                     "pairs": pairs, "max_reply_tokens": e.hp_max_reply_tokens, "models": models,
                                     "differences": [d.to_dict() for d in differences]})
-        return {"hp_prompts": len(threads), "pairs": pairs,
+        return {"hp_prompts": len(read), "pairs": pairs,
                 **{f"length_normalised {n}": round(m["length_normalised"]["value"], 4) for n, m in models.items()}}
 
     def tables(self, run):

@@ -31,6 +31,14 @@ def prompts(cfg, run) -> list[dict]:
     return threads
 
 
+def judge_config(cfg):
+    """The judge settings the models judge the held-out replies with: the run's judge, with the evaluation's
+    samples and temperature."""
+    e = cfg.evaluation
+    return dataclasses.replace(cfg.judge, samples=e.rm_samples,
+                               temperature=cfg.judge.temperature if e.rm_temperature is None else e.rm_temperature)
+
+
 @register
 class RewardModel(Instrument):
     name = "reward_model"
@@ -52,8 +60,7 @@ class RewardModel(Instrument):
         from selfreward.method.judging import ranked_rows
 
         threads = prompts(cfg, run)
-        judge_cfg = dataclasses.replace(cfg.judge, samples=e.rm_samples, temperature=cfg.judge.temperature
-                                        if e.rm_temperature is None else e.rm_temperature)
+        judge_cfg = judge_config(cfg)
         judges = [(name, name, judge_cfg) for name in self.models(cfg)]
         if e.judge_prompt_ablation:
             judges.append((ABLATION, "sft_baseline", dataclasses.replace(judge_cfg, prompt="multiple_choice")))
