@@ -223,8 +223,11 @@ def test_a_run_killed_or_interrupted_mid_stage_resumes_to_the_same_counts(tiny_r
     out = copy_run(tiny_run, f"stopped-{how}")
     log = out / "stopped.log"
     with log.open("w") as handle:
+        # SIGINT as the default action in the run: under a shell's `&` (or nohup) the tests inherit it ignored,
+        # and a Python started with SIGINT ignored raises no KeyboardInterrupt
         run = run_cli(out, tiny_run[0] / "cache", *NO_EVAL, "--force", "iteration_2", background=True,
-                      stdout=handle, stderr=handle, start_new_session=True)
+                      stdout=handle, stderr=handle, start_new_session=True,
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: stage_running(out, "iteration_2"))
     time.sleep(3)  # well inside the stage
     if how == "SIGKILL":
