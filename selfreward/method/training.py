@@ -225,9 +225,9 @@ def dpo_trainer(model_dir: str, pairs: list[dict], train_cfg, model_cfg, output_
     rows = [{"prompt": chat.prompt(p["prompt"]), "chosen": chat.completion(p["chosen"]),
              "rejected": chat.completion(p["rejected"]), **({"weight": p["weight"]} if "weight" in p else {})}
             for p in pairs]
-    if any("weight" in r for r in rows) and train_cfg.logprobs != "selected":
-        raise TrainingError("DPO: weighted pairs (aift.consistency) need dpo.logprobs: selected")
     if any("weight" in r for r in rows):
+        if train_cfg.logprobs != "selected":
+            raise TrainingError("DPO: weighted pairs (aift.consistency) need dpo.logprobs: selected")
         rows = [{**r, "weight": r.get("weight", 1.0)} for r in rows]  # judge pairs carry full weight
     # the paper keeps dropout on in the policy; the reference log-probs are computed once, before training,
     # without dropout (the model is in eval mode until training starts)

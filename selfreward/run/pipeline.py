@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -151,7 +152,8 @@ def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage
     inputs and upstream stages) whose outputs are intact there, and this run has not: its files (hard links
     where the disk allows) and its manifest entry, marked `reused_from`. Returns the stages taken."""
     theirs = read_json(other.manifest)["stages"]
-    ours = read_json(run_dir.manifest)["stages"] if run_dir.manifest.is_file() else {}
+    previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
+    ours = dict(previous.get("stages", {}))
     prints, taken = fingerprints(cfg, stages), []
     for stage in stages:
         entry, mine = theirs.get(stage.name, {}), ours.get(stage.name, {})
@@ -169,13 +171,11 @@ def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage
             try:
                 os.link(other.root / name, target)
             except OSError:  # another file system: a copy
-                import shutil
                 shutil.copy2(other.root / name, target)
         ours[stage.name] = {**entry, "reused_from": str(other.root.resolve())}
         taken.append(stage.name)
     if taken:
-        previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
-        write_json(run_dir.manifest, {**previous, "stages": {**previous.get("stages", {}), **ours}})
+        write_json(run_dir.manifest, {**previous, "stages": ours})
         log(f"[reuse] from {other.root}: {', '.join(taken)}")
     return taken
 
