@@ -120,3 +120,34 @@ def test_short_reply_threads_keep_or_drop_whole_prompts():
     assert len(data.short_reply_threads(threads, 30)) == 2
     with pytest.raises(data.DataError, match=r"within 5 characters \(evaluation\.rm_max_reply_chars\)"):
         data.short_reply_threads(threads, 5)
+
+
+def test_heldout_ranked_threads_leave_out_the_training_prompts():
+    threads = data.first_turn_threads(TRAIN)
+    duplicate = dict(threads[0], prompt_id="copy")  # p1's text in another tree: still a training prompt
+    heldout = data.heldout_ranked_threads(threads + [duplicate], 0, seed=0, exclude=[threads[0]])
+    assert [t["prompt_id"] for t in heldout] == ["p5"]  # p1 (and its copy) excluded, p3 has one ranked reply
+    assert heldout[0]["split"] == "train" and [r["rank"] for r in heldout[0]["replies"]] == [0, 1]
+
+
+def test_the_reward_model_set_takes_heldout_training_prompts_when_asked(tmp_path):
+    from conftest import shared_data_dir
+    from selfreward.config import from_dict
+    from selfreward.io import read_jsonl
+    from selfreward.method import loop
+    from selfreward.rundir import RunDir
+
+    if shared_data_dir() is None:
+        pytest.skip("needs the OASST data (SELFREWARD_DATA_DIR)")
+    sizes = {"local_dir": shared_data_dir(), "ift_size": 16, "eft_source_size": 8, "eval_prompts": 4}
+    counts, ift = {}, {}
+    for extra in (0, 40):
+        run = RunDir(tmp_path / str(extra))
+        counts[extra] = loop.run_data(from_dict({"data": {**sizes, "rm_train_size": extra}}), run)
+        ift[extra], rm_eval = read_jsonl(run.ift), read_jsonl(run.rm_eval)
+    assert counts[40]["rm_eval_prompts"] == counts[0]["rm_eval_prompts"] + 40
+    assert counts[40]["rm_eval_train_prompts"] == 40 and counts[0]["rm_eval_train_prompts"] == 0
+    train = [t for t in rm_eval if t["split"] == "train"]
+    assert all(len(t["replies"]) >= 2 for t in train)
+    assert data.overlap(train, read_jsonl(run.ift) + read_jsonl(run.eft_source)) == 0  # never trained on
+    assert ift[40] == ift[0]  # the training data do not change

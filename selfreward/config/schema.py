@@ -62,6 +62,9 @@ class DataConfig:
     # drawn first, so that no IFT prompt is an EFT prompt
     eft_source_size: int = 1630
     rm_eval_size: int = 0  # validation prompts for reward-model evaluation; 0 = all
+    # more reward-model evaluation prompts: OASST train prompts with >= 2 ranked replies that are neither EFT
+    # source nor IFT seed prompts (the mirror's validation split has only 186, too few for a 5-point MDE)
+    rm_train_size: int = field(default=0, metadata=WHEN_SET)
     eval_prompts: int = 256  # AlpacaEval instructions for instruction-following evaluation
     max_prompt_chars: int = 2000
     max_response_chars: int = 4000
@@ -70,6 +73,7 @@ class DataConfig:
         _positive(self, key, "ift_size", "eft_source_size", "eval_prompts", "max_prompt_chars",
                   "max_response_chars")
         _check(self.rm_eval_size >= 0, f"{key}.rm_eval_size", "must be >= 0")
+        _check(self.rm_train_size >= 0, f"{key}.rm_train_size", "must be >= 0")
 
 
 @dataclass

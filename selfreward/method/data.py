@@ -211,6 +211,14 @@ def ranked_threads(threads: list[dict], size: int, seed: int) -> list[dict]:
     return usable if size == 0 else _sample(usable, size, seed)
 
 
+def heldout_ranked_threads(threads: list[dict], size: int, seed: int, exclude: list[dict]) -> list[dict]:
+    """`ranked_threads` among the prompts that are not prompts of `exclude` (by id or by text): training
+    prompts the run never trains on, for the reward-model evaluation; each marked with its split."""
+    ids, texts = {r["prompt_id"] for r in exclude}, {_normalise(r["prompt"]) for r in exclude}
+    rest = [t for t in threads if t["prompt_id"] not in ids and _normalise(t["prompt"]) not in texts]
+    return [{**t, "split": "train"} for t in ranked_threads(rest, size, seed)]
+
+
 def short_reply_threads(threads: list[dict], max_chars: int) -> list[dict]:
     """The prompts whose replies are all at most `max_chars` long (whole prompts are kept or dropped, so that
     the human ranking among the replies stays intact); an empty result is a DataError."""

@@ -29,10 +29,14 @@ def _stopped(run: RunDir, name: str, counts: dict, message: str):
 
 def run_data(cfg: Config, run: RunDir) -> dict:
     d = cfg.data
-    train = data.first_turn_threads(data.load_oasst("train", d), d.max_prompt_chars, d.max_response_chars)
+    messages = data.load_oasst("train", d)
+    train = data.first_turn_threads(messages, d.max_prompt_chars, d.max_response_chars)
     valid = data.first_turn_threads(data.load_oasst("validation", d))  # evaluation: no length caps
     eft_source, ift = data.split_eft_ift(train, d.eft_source_size, d.ift_size, cfg.seed)
-    rm_eval = data.ranked_threads(valid, d.rm_eval_size, cfg.seed)
+    rm_eval = [{**t, "split": "validation"} for t in data.ranked_threads(valid, d.rm_eval_size, cfg.seed)]
+    if d.rm_train_size:  # held-out training prompts, whole (no length caps) as the validation ones are
+        rm_eval += data.heldout_ranked_threads(data.first_turn_threads(messages), d.rm_train_size, cfg.seed,
+                                               exclude=eft_source + ift)
     alpaca = data.load_alpaca_eval(d)
     data.check_reference_generator(alpaca, d.alpaca_eval_generator, str(data.local_dir(d) or d.alpaca_eval_hub_id))
     heldout, eval_prompts = data.heldout_and_eval(alpaca, d.eval_prompts, cfg.seed, exclude={t["prompt"] for t in train})
@@ -52,6 +56,7 @@ def run_data(cfg: Config, run: RunDir) -> dict:
             "eft_ift_overlap": data.overlap(eft_source, ift),
             "eft_source_replies": sum(len(t["replies"]) for t in eft_source),
             "rm_eval_prompts": len(rm_eval), "rm_eval_replies": sum(len(t["replies"]) for t in rm_eval),
+            "rm_eval_train_prompts": sum(t["split"] == "train" for t in rm_eval),
             "eval_prompts": len(eval_prompts), "heldout_prompts": len(heldout), "mt_bench_questions": len(mt_bench)}
 
 

@@ -5,6 +5,7 @@ judge-prompt ablation). Paired differences resample the same prompts for both mo
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -44,7 +45,8 @@ class RewardModel(Instrument):
     name = "reward_model"
     title = "Reward modeling: the models as judges"
     description = (
-        "Each model judges the ranked replies of held-out OASST validation prompts with the LLM-as-a-Judge prompt; "
+        "Each model judges the ranked replies of held-out OASST prompts (the validation split, and with "
+        "`data.rm_train_size` training prompts the run never trains on) with the LLM-as-a-Judge prompt; "
         "its scores are compared with the human ranks. **Pairwise accuracy**: of reply pairs with different human "
         "ranks, the share where the better-ranked reply got the strictly higher score (ties count as wrong; their "
         "share is *pair ties*). **5-best**: of replies scored 5, the share humans ranked best. **Exact match**: "
@@ -88,6 +90,7 @@ class RewardModel(Instrument):
                 differences.append(Difference("top-score share", before, after, paired["top_score_share"],
                                               claim="no_eft_one_score", blind=None))
         write_json(self.file(run), {"prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
+                                    "splits": dict(Counter(t.get("split", "validation") for t in threads)),
                                     "samples": judge_cfg.samples, "temperature": judge_cfg.temperature, "models": table,
                                     "differences": [d.to_dict() for d in differences],
                                     "health": {label: t["health"] for label, t in table.items()}})
@@ -111,7 +114,9 @@ class RewardModel(Instrument):
             rows.append(row)
         published = pd.DataFrame(paper.REWARD_MODEL)
         published.columns = [c.replace("_", " ") + (" %" if c in agreement.PERCENT else "") for c in published.columns]
-        tables = [(f"{result['prompts']} prompts, {result['replies']} ranked replies, {result['samples']} judgment(s) "
+        splits = ", ".join(f"{n} {split}" for split, n in result.get("splits", {"validation": result["prompts"]}).items())
+        tables = [(f"{result['prompts']} prompts ({splits}), {result['replies']} ranked replies, "
+                   f"{result['samples']} judgment(s) "
                    f"per reply at temperature {result.get('temperature', '—')}; 95% intervals over prompts.",
                    pd.DataFrame(rows).set_index("judge")),
                   (f"The paper's numbers ({paper.MODEL}, OASST held-out).", published.rename_axis("judge (paper)")),
