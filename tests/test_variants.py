@@ -36,6 +36,14 @@ def test_anchored_rejection_takes_the_anchor_models_worst():
                                          [candidate("base, odd", 1.5), candidate("base, fair", 3.0)])
     assert chosen["response"] == "mine, good" and rejected["response"] == "base, odd"
     assert variants.anchored([candidate("mine", 4.0)], []) is None
+    # an anchor whose candidates were all cut by the limit (Gemma-3-270M base): no pair, and the error says why
+    records = [{"prompt": "p", "candidates": [candidate("mine", 4.0)],
+                "anchor_candidates": [candidate("rambles on", 1.0, finished=False)] * 4}]
+    assert variants.pairs(records, AIFTConfig(anchor="base")) == []
+    assert variants.no_pair_reason(records, AIFTConfig(anchor="base"), 256) == (
+        "no usable preference pair from 1 prompts (of the anchor base's 4 candidates, 0 finished with a score; "
+        "a candidate cut at 256 tokens enters no pair)")
+    assert variants.no_pair_reason(records, AIFTConfig(), 256) == "no usable preference pair from 1 prompts"
 
 
 def test_consistency_weight_is_the_rankings_kendall_tau_mapped_to_0_1():
@@ -95,22 +103,34 @@ def test_a_weighted_dpo_loss_mixes_the_pair_and_its_reverse():
 
 
 def test_pair_weights_reach_the_trainers_loss(tiny_model_dir, tmp_path):
-    """Weight 0 on every pair trains exactly as the reversed pairs with weight 1."""
+    """Weight 0 on every pair trains as the reversed pairs with weight 1, and not as weight 1 does. (The losses
+    cannot tell: a pair and its reverse start at log 2 and fall alike; the margins and the weights can.)"""
+    from safetensors.torch import load_file
+
     from selfreward.config import DPOConfig, ModelConfig
     from selfreward.method.training import dpo
 
     model = ModelConfig(spec="tiny", dtype="float32", finetune="full", device="cpu")
-    cfg = DPOConfig(max_steps=2, batch_size=2, per_device_batch_size=2, max_length=64, dropout=0.0)
+    cfg = DPOConfig(max_steps=2, batch_size=2, per_device_batch_size=2, max_length=64, dropout=0.0,
+                    learning_rate=1e-3)
     pairs = [{"prompt": f"Question {i}?", "chosen": f"Good answer {i}.", "rejected": "No."} for i in range(4)]
     dpo(tiny_model_dir, tmp_path / "zero", [{**p, "weight": 0.0} for p in pairs], cfg, model)
+    dpo(tiny_model_dir, tmp_path / "one", [{**p, "weight": 1.0} for p in pairs], cfg, model)
     dpo(tiny_model_dir, tmp_path / "reversed", [{**p, "chosen": p["rejected"], "rejected": p["chosen"], "weight": 1.0}
                                                 for p in pairs], cfg, model)
 
-    def losses(name):
+    def margins(name):
         state = json.loads((tmp_path / name / "trainer_state.json").read_text())
-        return [h["loss"] for h in state["log_history"] if "loss" in h]
+        return [h["rewards/margins"] for h in state["log_history"] if "rewards/margins" in h]
 
-    assert losses("zero") == pytest.approx(losses("reversed"), rel=1e-5)
+    def weights(name):
+        return load_file(tmp_path / name / "model.safetensors")
+
+    assert margins("one")[-1] > 0 > margins("zero")[-1]  # weight 0 learns the reverse preference
+    assert margins("zero")[-1] == pytest.approx(-margins("reversed")[-1], rel=1e-4)
+    zero, one, reversed_ = weights("zero"), weights("one"), weights("reversed")
+    assert any(not torch.equal(zero[k], one[k]) for k in zero)
+    assert all(torch.allclose(zero[k], reversed_[k], atol=1e-6) for k in zero)
 
 
 @pytest.mark.parametrize("override,message", [
@@ -178,3 +198,16 @@ def test_the_ablation_runs_every_variant_from_the_same_models_and_compares_them(
     assert "Ablation: the small-model fixes" in results and "helps" in results
     chapter = (run / "book" / "_build" / "html" / "run" / "variant_meta.html").read_text()
     assert "Ablation variant meta" in chapter and "judge pair" in chapter
+
+
+def test_a_variant_model_equal_to_the_recipes_is_recognised(tmp_path):
+    """The instrument would read such a variant as exactly 'no difference'; it must say what it is instead."""
+    from selfreward.evaluation.instruments.ablation import same_weights
+
+    for name, data in (("recipe", b"weights"), ("copy", b"weights"), ("other", b"weightz"), ("empty", None)):
+        (tmp_path / name).mkdir()
+        if data is not None:
+            (tmp_path / name / "model.safetensors").write_bytes(data)
+    assert same_weights(tmp_path / "copy", tmp_path / "recipe")
+    assert not same_weights(tmp_path / "other", tmp_path / "recipe")
+    assert not same_weights(tmp_path / "empty", tmp_path / "empty")  # nothing saved: nothing to compare

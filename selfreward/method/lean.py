@@ -199,6 +199,13 @@ class LeanDPOTrainer(_WithFastDropout, DPOTrainer):
         super().__init__(*args, **kwargs)
         self.data_collator = WeightedPreferenceCollator(self.data_collator)
 
+    def _set_signature_columns_if_needed(self):
+        """TRL's columns plus `weight`: the Trainer drops every column not named here before the collator
+        sees it (`remove_unused_columns`), and without this a weighted pair trained as an unweighted one."""
+        super()._set_signature_columns_if_needed()
+        if "weight" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "weight"]
+
     def compute_ref_log_probs(self, model, inputs):
         """log pi_ref of the chosen and the rejected rows of a batch. The reference is the starting model
         without dropout (the policy keeps its dropout): under LoRA the same weights with the adapter off."""

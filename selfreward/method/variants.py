@@ -15,7 +15,8 @@ aims at what a small model lacks, a reliable self-judge:
   preferred and the rejected judgment become judge-training pairs, trained by DPO beside the answer pairs
   (`aift.meta_judge`);
 - anchored rejection (Temporal Self-Rewarding, 2025): the rejected reply is the lowest-scored of the anchor
-  model's (M0's) candidates for the same prompt (`aift.anchor`).
+  model's candidates for the same prompt (`aift.anchor`: the paper anchors to its initial SFT model, here
+  M1; `base`, M0, is allowed, but a base model's candidates rarely end, and cut ones enter no pair).
 Each rule is a pure function of candidate records (tests check each on constructed data); `run_variant`
 is the ablation's stage.
 """
@@ -85,6 +86,23 @@ def pairs(records: list[dict], aift) -> list[dict]:
             made["weight"] = consistency_weight([c["score"] for c in ranked], [c["previous_score"] for c in ranked])
         found.append(made)
     return found
+
+
+def no_pair_reason(records: list[dict], aift, max_new_tokens: int) -> str:
+    """Why `pairs` found none, in one line: with an anchor, how many of the anchor's candidates could be used."""
+    why = f"no usable preference pair from {len(records)} prompts"
+    if not aift.anchor:
+        return why
+    anchors = [c for r in records for c in r.get("anchor_candidates", [])]
+    return (f"{why} (of the anchor {aift.anchor}'s {len(anchors)} candidates, {sum(usable(c) for c in anchors)} "
+            f"finished with a score; a candidate cut at {max_new_tokens} tokens enters no pair)")
+
+
+def weighted_dpo_revision(aift) -> str:
+    """For the fingerprint of a stage that trains weighted pairs: until 2026-12-03 the Trainer dropped the
+    `weight` column before the loss saw it (a consistency run trained as the paper's recipe), so such stages
+    from before are not taken as done. Empty for every other stage, whose fingerprints stay as they were."""
+    return "|weights reach the loss" if aift.consistency else ""
 
 
 def implicit_rewards(current: list[float], reference: list[float]) -> list[float]:
@@ -221,7 +239,7 @@ def run_variant(cfg, run, name: str) -> dict:
     counts.update({"pairs": len(found), "judge_pairs": len(judged_pairs),
                    "prompts_with_a_pair": len({p["prompt"] for p in found})})
     if not found:
-        raise StageError(f"variant {name}: no usable preference pair from {len(records)} prompts")
+        raise StageError(f"variant {name}: {no_pair_reason(records, aift, cfg.candidates.max_new_tokens)}")
     summary = training.dpo(current, run.model(f"variant_{name}"), found + judged_pairs, cfg.dpo, cfg.model,
                            cfg.seed + 100 * t, launch=cfg.launch)
     return {**counts, **{f"train_{k}": v for k, v in summary.items() if k != "examples"}}

@@ -60,13 +60,15 @@ def plan(cfg: Config) -> list[Stage]:
         stages.append(Stage(
             f"iteration_{t}", "05_iteration.ipynb", functools.partial(loop.run_iteration, iteration=t), sections,
             ("data", "m1" if t == 1 else f"iteration_{t - 1}"),
-            functools.partial(lambda r, t: [r.aift(t), r.model(f"m{t + 1}")], t=t), iteration=t))
+            functools.partial(lambda r, t: [r.aift(t), r.model(f"m{t + 1}")], t=t),
+            inputs=lambda cfg: variants.weighted_dpo_revision(cfg.aift), iteration=t))
     for name, section, t in cfg.variants():  # the ablation: one iteration's variants, each from M_t
         stages.append(Stage(
             f"variant_{name}", "05_variant.ipynb", functools.partial(variants.run_variant, name=name),
             model_sections + ("generation", "candidates", "judge", "dpo"),
             ("data", f"iteration_{t}"), functools.partial(lambda r, n: [r.variant(n), r.model(f"variant_{n}")], n=name),
-            inputs=functools.partial(lambda cfg, s, t: f"{dataclasses.asdict(s)}|m{t}", s=section, t=t),  # its own options
+            inputs=functools.partial(lambda cfg, s, t: f"{dataclasses.asdict(s)}|m{t}{variants.weighted_dpo_revision(s)}",
+                                     s=section, t=t),  # its own options
             iteration=t, fields=(("name", name), ("title", f"Ablation variant {name}: one iteration from M{t}"),
                                  ("description", variants.describe(section, t)))))
     if not cfg.evaluation.enabled:

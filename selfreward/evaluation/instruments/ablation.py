@@ -5,6 +5,9 @@ evaluation prompts) and the share of prompts that yield a usable pair (the same 
 a paired difference with its interval and MDE; the summary says which variant, if any, helps at this size."""
 from __future__ import annotations
 
+import filecmp
+from pathlib import Path
+
 import pandas as pd
 
 from selfreward.evaluation import agreement, health, register
@@ -17,6 +20,13 @@ from selfreward.rundir import slug
 
 METRICS = ["likelihood picks the human-preferred reply", "reward-model pairwise accuracy", "answer length",
            "prompts with a usable pair"]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two saved models hold the same weights, byte for byte (then a variant changed nothing)."""
+    files = sorted(p.name for p in Path(a).glob("*.safetensors"))
+    return bool(files) and files == sorted(p.name for p in Path(b).glob("*.safetensors")) \
+        and all(filecmp.cmp(Path(a) / f, Path(b) / f, shallow=False) for f in files)
 
 
 def pair_indicator(pairs_path, prompts: list[str]) -> list[float]:
@@ -93,12 +103,16 @@ class Ablation(Instrument):
             judged = health.scores([s for r in rm_rows for s in r["scores"]], template.low, template.high)
             blind = "; ".join(f"{m}: {why}" for m, why in ((recipe, rm[recipe]["health"]["why_not"]),
                                                            (model, judged.why_not)) if why) or None
+            # a model equal to the recipe's reads as "no difference" on every instrument: say what it is instead
+            unchanged = same_weights(run.model(model), run.model(recipe))
+            identical = f"{model} has the weights of {recipe}, byte for byte: the option changed nothing in training"
             for metric, estimate in found.items():
                 length = metric == METRICS[2]
                 differences.append(Difference(metric, f"{recipe} (paper's recipe)", model, estimate,
                                               unit="characters" if length else "points", scale=1.0 if length else 100.0,
                                               span=None if length else 100.0,
-                                              blind=blind if metric == METRICS[1] else None))
+                                              blind=identical if unchanged and metric != METRICS[3]
+                                              else blind if metric == METRICS[1] else None))
             counts = read_json(run.counts(model))
             variants[name] = {"start": f"m{t}", "recipe": recipe, "pairs": counts["pairs"],
                               "judge_pairs": counts.get("judge_pairs", 0), "prompts": counts["prompts"],
