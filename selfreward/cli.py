@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], metavar="STAGE",
                      help="re-run STAGE and every stage that depends on it (repeatable)")
     run.add_argument("--from", dest="start", metavar="STAGE", help="re-run STAGE and every later stage")
+    run.add_argument("--only", action="append", default=[], metavar="STAGE",
+                     help="run only STAGE and the stages it needs, e.g. --only ablation (repeatable; no book)")
     run.add_argument("--reuse", metavar="RUN_DIR",
                      help="first take from another run's folder every stage it finished with the same fingerprint")
     run.add_argument("--verify", action="store_true",
@@ -107,11 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             from selfreward.run import pipeline
 
             manifest = pipeline.run(cfg, args.out, params_file=args.params, overrides=args.overrides,
-                                    force=args.force, start=args.start, verify=args.verify, reuse=args.reuse)
+                                    force=args.force, start=args.start, verify=args.verify, reuse=args.reuse,
+                                    only=args.only)
             print(f"run finished: {run_dir}/manifest.json")
             for name, entry in manifest["stages"].items():
                 print(f"  {name:<14} {entry['status']:<8} {entry.get('duration_s', 0):>8.1f} s")
-            if args.no_book:
+            if args.no_book or args.only:  # a partial run has no complete book
                 return 0
         print(f"book: {publish(run_dir) if getattr(args, 'publish', False) else build(run_dir)}")
     except PipelineInterrupted as err:

@@ -73,6 +73,29 @@ def test_rerun_skips_unchanged_stages_and_reruns_changed_ones(tiny_run):
     assert manifest["stages"]["iteration_1"]["config"]["dpo"]["beta"] == 0.2
 
 
+def test_only_runs_a_stage_and_what_it_needs_and_leaves_the_rest(tiny_run):
+    root, _, _ = tiny_run
+    out = root / "only"
+    shutil.copytree(root / "runs", out)
+    before = json.loads((out / "tiny" / "manifest.json").read_text())["stages"]
+    (out / "tiny" / "book").rename(out / "tiny" / "old_book")
+    result = run_cli(out, root / "cache", "--set", "dpo.beta=0.2", "--only", "human_preference")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[m1] unchanged, skipped" in result.stdout
+    for name in ("iteration_1", "iteration_2", "human_preference"):  # its needs, changed by dpo.beta
+        assert f"[{name}] running" in result.stdout
+    for name in ("head_to_head", "reference", "reward_model", "mt_bench", "lengths", "responses", "results"):
+        assert f"[{name}]" not in result.stdout  # not needed: neither run nor skipped
+    after = json.loads((out / "tiny" / "manifest.json").read_text())["stages"]
+    assert list(after) == STAGES
+    assert after["head_to_head"] == before["head_to_head"]  # left as it was, to be re-run by a whole run
+    assert after["iteration_1"]["config"]["dpo"]["beta"] == 0.2
+    assert not (out / "tiny" / "book").exists()  # a partial run builds no book
+    unknown = run_cli(out, root / "cache", "--only", "ablation")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip().splitlines()[-1].startswith("selfreward: error: unknown stage 'ablation'")
+
+
 def test_a_profile_without_eft_examples_stops_cleanly(tiny_run):
     root, _, _ = tiny_run
     out = root / "sampled"

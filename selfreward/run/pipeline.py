@@ -95,6 +95,20 @@ def selected_stages(stages: list[Stage], force: list[str] = (), start: str | Non
     return chosen
 
 
+def needed_stages(stages: list[Stage], only: list[str]) -> set[str]:
+    """The stages `--only` names and every stage they need, directly or not: all a run must do to reach them
+    (the ablation alone, say, without the instruments it does not read)."""
+    names = [s.name for s in stages]
+    for name in only:
+        if name not in names:
+            raise PipelineError(f"unknown stage {name!r}; this run's stages: {', '.join(names)}")
+    chosen = set(only)
+    for stage in reversed(stages):  # a stage needs only earlier ones
+        if stage.name in chosen:
+            chosen.update(stage.needs)
+    return chosen
+
+
 def preflight(cfg: Config, out_root: Path):
     """What would otherwise fail hours into a run: the output folder, the device, every model spec and
     the endpoint key, checked before anything is written."""
@@ -129,13 +143,15 @@ def preflight(cfg: Config, out_root: Path):
 
 def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overrides: list[str] | None = None,
         force: list[str] = (), start: str | None = None, verify: bool = False, reuse: str | Path | None = None,
-        log=print) -> dict:
+        only: list[str] = (), log=print) -> dict:
     """Run the stages of `cfg` into `out_root/<name>`: stages whose config, inputs and outputs are unchanged
     are skipped; the others run in one Jupyter kernel, in order. With `reuse` (another run's folder), the
-    stages that run has finished with the same fingerprints are taken from it first. Returns the manifest."""
+    stages that run has finished with the same fingerprints are taken from it first. With `only`, just those
+    stages and the ones they need run; the others stay as they were. Returns the manifest."""
     run_dir = RunDir(Path(out_root) / cfg.name)
     stages = plan(cfg)
     rerun = selected_stages(stages, force, start)
+    wanted = needed_stages(stages, only) if only else {s.name for s in stages}
     preflight(cfg, Path(out_root))
     other = RunDir(reuse) if reuse else None
     if other is not None and not other.manifest.is_file():
@@ -144,7 +160,7 @@ def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overr
         if other is not None:
             reuse_stages(cfg, run_dir, other, stages, rerun, log)
         return _run_stages(cfg, run_dir, stages, rerun, verify, kernel,
-                           {"params_file": params_file, "overrides": overrides or []}, log)
+                           {"params_file": params_file, "overrides": overrides or []}, log, wanted)
 
 
 def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage], rerun: set[str], log) -> list[str]:
@@ -181,7 +197,7 @@ def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage
 
 
 def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[str], verify: bool, kernel,
-                invocation: dict, log) -> dict:
+                invocation: dict, log, wanted: set[str] | None = None) -> dict:
     previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
     prints = fingerprints(cfg, stages)
     manifest = {
@@ -195,6 +211,8 @@ def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[st
     write_json(run_dir.manifest, manifest)
     ran: set[str] = set()
     for index, stage in enumerate(stages):
+        if wanted is not None and stage.name not in wanted:
+            continue
         reason = _why_run(stage, manifest["stages"][stage.name], prints[stage.name], run_dir, rerun, ran, verify)
         if reason is None:
             log(f"[{stage.name}] unchanged, skipped")
