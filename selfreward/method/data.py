@@ -182,16 +182,18 @@ def split_eft_ift(threads: list[dict], eft_size: int, ift_size: int, seed: int) 
     (prompts with at least two ranked replies) is drawn first, the IFT seed from the other prompts;
     a prompt whose text is also an EFT source prompt's counts as the same prompt."""
     eft_source = ranked_threads(threads, eft_size, seed)
-    taken_ids = {t["prompt_id"] for t in eft_source}
-    taken_texts = {_normalise(t["prompt"]) for t in eft_source}
-    rest = [t for t in threads if t["prompt_id"] not in taken_ids and _normalise(t["prompt"]) not in taken_texts]
-    return eft_source, ift_seed(rest, ift_size, seed)
+    return eft_source, ift_seed(without(threads, eft_source), ift_size, seed)
+
+
+def without(threads: list[dict], exclude: list[dict]) -> list[dict]:
+    """The threads whose prompt is not a prompt of `exclude` (by id or by text)."""
+    ids, texts = {r["prompt_id"] for r in exclude}, {_normalise(r["prompt"]) for r in exclude}
+    return [t for t in threads if t["prompt_id"] not in ids and _normalise(t["prompt"]) not in texts]
 
 
 def overlap(a: list[dict], b: list[dict]) -> int:
     """Prompts of `a` that are also prompts of `b` (by id or by text)."""
-    ids, texts = {r["prompt_id"] for r in b}, {_normalise(r["prompt"]) for r in b}
-    return sum(r["prompt_id"] in ids or _normalise(r["prompt"]) in texts for r in a)
+    return len(a) - len(without(a, b))
 
 
 def ift_seed(threads: list[dict], size: int, seed: int) -> list[dict]:
@@ -214,9 +216,7 @@ def ranked_threads(threads: list[dict], size: int, seed: int) -> list[dict]:
 def heldout_ranked_threads(threads: list[dict], size: int, seed: int, exclude: list[dict]) -> list[dict]:
     """`ranked_threads` among the prompts that are not prompts of `exclude` (by id or by text): training
     prompts the run never trains on, for the reward-model evaluation; each marked with its split."""
-    ids, texts = {r["prompt_id"] for r in exclude}, {_normalise(r["prompt"]) for r in exclude}
-    rest = [t for t in threads if t["prompt_id"] not in ids and _normalise(t["prompt"]) not in texts]
-    return [{**t, "split": "train"} for t in ranked_threads(rest, size, seed)]
+    return [{**t, "split": "train"} for t in ranked_threads(without(threads, exclude), size, seed)]
 
 
 def short_reply_threads(threads: list[dict], max_chars: int) -> list[dict]:

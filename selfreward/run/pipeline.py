@@ -197,7 +197,7 @@ def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage
 
 
 def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[str], verify: bool, kernel,
-                invocation: dict, log, wanted: set[str] | None = None) -> dict:
+                invocation: dict, log, wanted: set[str]) -> dict:
     previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
     prints = fingerprints(cfg, stages)
     manifest = {
@@ -211,7 +211,7 @@ def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[st
     write_json(run_dir.manifest, manifest)
     ran: set[str] = set()
     for index, stage in enumerate(stages):
-        if wanted is not None and stage.name not in wanted:
+        if stage.name not in wanted:  # not asked for (--only): left as it is
             continue
         reason = _why_run(stage, manifest["stages"][stage.name], prints[stage.name], run_dir, rerun, ran, verify)
         if reason is None:

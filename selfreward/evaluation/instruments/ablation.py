@@ -104,15 +104,16 @@ class Ablation(Instrument):
             blind = "; ".join(f"{m}: {why}" for m, why in ((recipe, rm[recipe]["health"]["why_not"]),
                                                            (model, judged.why_not)) if why) or None
             # a model equal to the recipe's reads as "no difference" on every instrument: say what it is instead
-            unchanged = same_weights(run.model(model), run.model(recipe))
-            identical = f"{model} has the weights of {recipe}, byte for byte: the option changed nothing in training"
+            blinds = {METRICS[1]: blind}  # the judge's health concerns the reward-model reading only
+            if same_weights(run.model(model), run.model(recipe)):
+                blinds = dict.fromkeys(METRICS[:3], f"{model} has the weights of {recipe}, byte for byte: the "
+                                                    "option changed nothing in training")
             for metric, estimate in found.items():
                 length = metric == METRICS[2]
                 differences.append(Difference(metric, f"{recipe} (paper's recipe)", model, estimate,
                                               unit="characters" if length else "points", scale=1.0 if length else 100.0,
                                               span=None if length else 100.0,
-                                              blind=identical if unchanged and metric != METRICS[3]
-                                              else blind if metric == METRICS[1] else None))
+                                              blind=blinds.get(metric)))
             counts = read_json(run.counts(model))
             variants[name] = {"start": f"m{t}", "recipe": recipe, "pairs": counts["pairs"],
                               "judge_pairs": counts.get("judge_pairs", 0), "prompts": counts["prompts"],
