@@ -144,3 +144,27 @@ def similar_lengths(lengths: list[int], slack: float = 1.25) -> list[list[int]]:
             current = []
         current.append(index)
     return groups + [current] if current else groups
+
+
+def length_batches(lengths: list[int], size: int) -> list[list[int]]:
+    """Positions in batches of at most `size` whose lengths are similar (`similar_lengths`): one long text
+    neither pads nor is padded by texts of half its length."""
+    return [group[start:start + size] for group in similar_lengths(lengths) for start in range(0, len(group), size)]
+
+
+BATCH_TOKENS_PER_PROMPT = 512  # a batch of generation.batch_size prompts is sized for prompts of this length
+
+
+def budget_batches(lengths: list[int], size: int, tokens_per_prompt: int = BATCH_TOKENS_PER_PROMPT) -> list[list[int]]:
+    """Positions in order of length, in batches of at most `size` whose padded tokens (each row padded to the
+    batch's longest) stay within `size` x `tokens_per_prompt`: short prompts fill whole batches (a decode step
+    costs about as much for a few rows as for many), long ones go in fewer rows, so that a long judge prompt
+    pads few others and a batch's memory stays bounded."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if current and (len(current) == size or (len(current) + 1) * lengths[index] > size * tokens_per_prompt):
+            batches.append(current)
+            current = []
+        current.append(index)
+    return batches + [current] if current else batches

@@ -5,7 +5,7 @@ import torch
 from tqdm import tqdm  # text bars: papermill streams them to the log
 
 from selfreward import models
-from selfreward.generation.contract import Backend, Completion, normalised_options, similar_lengths
+from selfreward.generation.contract import Backend, Completion, budget_batches, length_batches, normalised_options
 
 
 class TransformersBackend(Backend):
@@ -29,12 +29,12 @@ class TransformersBackend(Backend):
 
     def _generate(self, prompts, n, temperature, top_p, max_new_tokens, seed, desc, stop_strings, reading):
         results: list[list[Completion] | None] = [None] * len(prompts)
-        # similar lengths together waste less padding; results go back in the input order
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        per_batch = max(1, self.batch_size // n)
+        # batches in order of length (a prompt and its new tokens), fewer rows for long prompts; results go back
+        # in the input order
+        lengths = [len(ids) + max_new_tokens for ids in self.tokenizer(prompts).input_ids]
+        batches = budget_batches(lengths, max(1, self.batch_size // n))
         with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
-            for batch_no, start in enumerate(range(0, len(order), per_batch)):
-                index = order[start:start + per_batch]
+            for batch_no, index in enumerate(batches):
                 batch = self.tokenizer([prompts[i] for i in index], return_tensors="pt", padding=True).to(self.device)
                 rows = self._generate_batch(batch, n, temperature, top_p, max_new_tokens, seed + batch_no,
                                             stop_strings, reading)
@@ -86,9 +86,7 @@ class TransformersBackend(Backend):
         """The output layer runs at the continuation's tokens only."""
         rows = self.continuation_rows(items, max_tokens)
         results: list = [None] * len(rows)
-        # batches of similar length: one long prompt must not pad every other text of its batch to its length
-        batches = [group[start:start + self.batch_size] for group in similar_lengths([len(r[0]) for r in rows])
-                   for start in range(0, len(group), self.batch_size)]
+        batches = length_batches([len(r[0]) for r in rows], self.batch_size)
         pad, decoder = self.tokenizer.pad_token_id, self.model.get_decoder()
         with tqdm(total=len(rows), desc=desc, unit="text") as bar:
             for batch in batches:

@@ -2,6 +2,7 @@
 as `generate` (greedy: token for token; sampling: the same law)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 
@@ -10,8 +11,8 @@ from tqdm import tqdm  # text bars: papermill streams them to the log
 
 from selfreward.generation.contract import Reading, common_prefix_length, similar_lengths
 from selfreward.generation.fast.cache import cache_argument, new_cache
-from selfreward.generation.fast.kernels import (head_logits, sample_top_p, shared_prefix_batches,
-                                                weight_major_linears)
+from selfreward.generation.fast.kernels import (blocked_attention_for, head_logits, head_logprobs, sample_top_p,
+                                                shared_prefix_batches, weight_major_linears)
 from selfreward.generation.plain import TransformersBackend, read_options
 
 MIN_SHARED_PREFIX = 16  # tokens all prompts of a batch must share before their prefill is shared
@@ -25,16 +26,33 @@ class FastBackend(TransformersBackend):
     - drops finished sequences from the batch instead of decoding padding until the longest ends,
     - prefills the prefix all prompts of a batch share once (the judge instructions),
     - reads a `Reading` in the same pass, after the text it keeps, instead of prefilling again,
-    - on a CPU in float32, computes a decode step's linear layers weight-major (`weight_major_linears`)."""
+    - on a CPU in float32, computes a decode step's linear layers weight-major (`weight_major_linears`),
+    - on a CPU, attends block by block of queries in long prefills (`blocked_attention_for`),
+    - reads log-likelihoods with the output layer a vocabulary block at a time (`head_logprobs`)."""
 
     reads_while_generating = True
 
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return head_logits(self.model, hidden)
 
+    def selected_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+        """log p(target) of each row, the output layer a vocabulary block at a time (`head_logprobs`)."""
+        return torch.cat([head_logprobs(self.model, hidden[start:start + chunk], targets[start:start + chunk])
+                          for start in range(0, len(targets), chunk)])
+
+    @contextlib.contextmanager
+    def _kernels(self):
+        """The CPU kernels this engine computes with, for the length of a call."""
+        with weight_major_linears(self.model), blocked_attention_for(self.model):
+            yield
+
     def _generate(self, *args):
-        with weight_major_linears(self.model):
+        with self._kernels():
             return super()._generate(*args)
+
+    def continuation_logprobs(self, items, max_tokens=0, desc="log-likelihoods"):
+        with self._kernels():
+            return super().continuation_logprobs(items, max_tokens, desc)
 
     def _forward(self, module, **inputs):
         """`module(**inputs)` with the KV cache passed under the name this transformers version uses."""
@@ -191,7 +209,7 @@ class FastBackend(TransformersBackend):
         instructions all prefixes begin with are prefilled once per call, and the k judgments of one
         candidate share the prefill of its judge prompt. Only each row's own tail is computed per row,
         and the output layer runs on its last token only."""
-        with weight_major_linears(self.model):
+        with self._kernels():
             return self._option_probs(prefixes, options)
 
     def _option_probs(self, prefixes, options):
