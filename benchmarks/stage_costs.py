@@ -61,7 +61,10 @@ def main(argv=None) -> int:
     parser.add_argument("--candidate-tokens", type=int, default=128)
     parser.add_argument("--judge-tokens", type=int, default=16)
     parser.add_argument("--answer-tokens", type=int, default=192)
-    parser.add_argument("--rm-prompts", type=int, default=12, help="validation prompts judged as a reward model")
+    parser.add_argument("--rm-prompts", type=int, default=0,
+                        help="validation prompts judged as a reward model (0: all 186, as the study reads them)")
+    parser.add_argument("--rm-train-prompts", type=int, default=100,
+                        help="held-out training prompts judged as a reward model (data.rm_train_size adds these)")
     parser.add_argument("--out", default="benchmarks/stage_costs.json")
     args = parser.parse_args(argv)
     cfg, timer, base = Profile(args), Timer(), models.resolve(models.EMBEDDED_GEMMA)
@@ -88,12 +91,16 @@ def main(argv=None) -> int:
         timer(f"prompt: 4 candidates of {args.candidate_tokens} tokens + 8 judgments", len(prompts), seconds,
               tokens=sum(c["num_tokens"] for r in records for c in r["candidates"]))
         valid = data.ranked_threads(data.first_turn_threads(data.load_oasst("validation", d)), 0, 0)
-        threads = data.ranked_threads(valid, args.rm_prompts, 0)
-        replies = sum(len(t["replies"]) for t in threads)
-        _, seconds = timed(ranked_rows, backend, chat, threads, JudgeConfig(samples=1, mode="constrained",
-                                                                             max_new_tokens=args.judge_tokens))
-        timer(f"reward-model reply (1 judgment, {args.judge_tokens} tokens)", replies, seconds,
-              mean_reply_chars=round(sum(len(r["text"]) for t in threads for r in t["replies"]) / replies))
+        heldout = data.heldout_ranked_threads(data.first_turn_threads(data.load_oasst("train", d)),
+                                              args.rm_train_prompts, 0, exclude=ift)
+        greedy = JudgeConfig(samples=1, mode="constrained", max_new_tokens=args.judge_tokens, temperature=0)
+        for split, threads in [("validation", data.ranked_threads(valid, args.rm_prompts, 0)),
+                               ("held-out train", heldout)]:
+            replies = sum(len(t["replies"]) for t in threads)
+            _, seconds = timed(ranked_rows, backend, chat, threads, greedy)
+            timer(f"reward-model reply, {split} (1 greedy judgment, {args.judge_tokens} tokens)", replies, seconds,
+                  prompts=len(threads),
+                  mean_reply_chars=round(sum(len(r["text"]) for t in threads for r in t["replies"]) / replies))
         _, seconds = timed(reply_logprobs, backend, chat, valid, 0, "judge-free")
         timer("judge-free reply (whole, all 186 prompts)", sum(len(t["replies"]) for t in valid), seconds)
         alpaca = data.heldout_and_eval(data.load_alpaca_eval(d), 32, 0, set())[1]

@@ -133,6 +133,7 @@ def test_heldout_ranked_threads_leave_out_the_training_prompts():
 def test_the_reward_model_set_takes_heldout_training_prompts_when_asked(tmp_path):
     from conftest import shared_data_dir
     from selfreward.config import from_dict
+    from selfreward.evaluation.instruments import human_preference, reward_model
     from selfreward.io import read_jsonl
     from selfreward.method import loop
     from selfreward.rundir import RunDir
@@ -151,3 +152,7 @@ def test_the_reward_model_set_takes_heldout_training_prompts_when_asked(tmp_path
     assert all(len(t["replies"]) >= 2 for t in train)
     assert data.overlap(train, read_jsonl(run.ift) + read_jsonl(run.eft_source)) == 0  # never trained on
     assert ift[40] == ift[0]  # the training data do not change
+    # the judge-free reading keeps to the validation prompts; the reward-model reading takes both
+    cfg = from_dict({"data": {**sizes, "rm_train_size": 40}})
+    assert human_preference.threads(cfg, run) == [t for t in rm_eval if t["split"] == "validation"]
+    assert len(reward_model.prompts(cfg, run)) == counts[40]["rm_eval_prompts"]

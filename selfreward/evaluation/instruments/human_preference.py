@@ -42,8 +42,10 @@ def implicit(rows: list[dict], reference: list[dict]) -> list[dict]:
 
 
 def threads(cfg, run) -> list[dict]:
-    """The validation prompts whose ranked replies are read (evaluation.hp_prompts; 0: every one)."""
-    found = read_jsonl(run.rm_eval)
+    """The validation prompts whose ranked replies are read (evaluation.hp_prompts; 0: every one). The held-out
+    training prompts `data.rm_train_size` adds give the reward-model reading its power; this one has its
+    power from the validation pairs alone (MDE under 2 points), and reads them only."""
+    found = [t for t in read_jsonl(run.rm_eval) if t.get("split", "validation") == "validation"]
     return data.ranked_threads(found, cfg.evaluation.hp_prompts, cfg.seed) if cfg.evaluation.hp_prompts else found
 
 
