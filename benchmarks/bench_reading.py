@@ -5,7 +5,8 @@
   logits in float32 (the engine before the blocked kernels);
 - fast: the fast engine (`blocked_attention_for`, `head_logprobs`).
 Also the padded prompt tokens of the reward-model reading in fixed batches of `--batch` prompts in character
-order (the engines' batching before) and in `length_batches`. Writes JSON naming the hardware.
+order (the engines' batching before) and in `length_batches`, and the decoder's prefill throughput at 512 to
+4,096 tokens with and without `blocked_attention_for`. Writes JSON naming the hardware.
 
   python benchmarks/bench_reading.py --prompts 40 --out benchmarks/bench_reading.json
 """
@@ -16,12 +17,14 @@ import contextlib
 import json
 import time
 
+import torch
+
 from selfreward import models
 from selfreward.config import DataConfig, JudgeConfig
 from selfreward.evaluation.instruments.human_preference import reply_logprobs
 from selfreward.generation import FastBackend, TransformersBackend
 from selfreward.generation.contract import length_batches
-from selfreward.generation.fast.kernels import weight_major_linears
+from selfreward.generation.fast.kernels import blocked_attention_for, weight_major_linears
 from selfreward.method import data
 from selfreward.method.judging import ranked_rows
 from selfreward.method.prompts import JUDGE_TEMPLATES
@@ -41,6 +44,24 @@ class FastWithoutBlocks(FastBackend):
 
 def padded_tokens(lengths: list[int], batches: list[list[int]]) -> int:
     return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+@torch.no_grad()
+def prefill_tokens_per_second(model, length: int, rows: int) -> dict:
+    """The decoder over `rows` random texts of `length` tokens (one left-padded by a third), with sdpa over every
+    key and block by block."""
+    torch.manual_seed(0)
+    ids = torch.randint(100, 20000, (rows, length))
+    mask = torch.ones(rows, length, dtype=torch.long)
+    mask[0, :length // 3] = 0
+    decoder, rates = model.get_decoder(), {}
+    for name, context in (("sdpa", contextlib.nullcontext), ("blocked", lambda: blocked_attention_for(model))):
+        with context():
+            decoder(input_ids=ids[:, :64], attention_mask=mask[:, :64])  # warm-up
+            started = time.perf_counter()
+            decoder(input_ids=ids, attention_mask=mask)
+            rates[name] = round(rows * length / (time.perf_counter() - started))
+    return {"tokens": length, "rows": rows, "tokens_per_s": rates, "speedup": round(rates["blocked"] / rates["sdpa"], 2)}
 
 
 def main(argv=None) -> int:
@@ -72,6 +93,9 @@ def main(argv=None) -> int:
                       lengths, [by_chars[s:s + args.batch] for s in range(0, len(by_chars), args.batch)]),
                   "length_batches": padded_tokens(lengths, length_batches(
                       [n + args.judge_tokens for n in lengths], args.batch))}}
+    result["prefill"] = [prefill_tokens_per_second(model, length, rows)
+                         for length, rows in [(512, 8), (1024, 4), (2048, 2), (4096, 1)]]
+    print(result["prefill"], flush=True)
     engines = {"plain": TransformersBackend, "fast_without_blocks": FastWithoutBlocks, "fast": FastBackend}
     readings = {}
     for name, engine in engines.items():
