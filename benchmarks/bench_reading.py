@@ -38,8 +38,8 @@ class FastWithoutBlocks(FastBackend):
         with weight_major_linears(self.model):
             yield
 
-    def selected_logprobs(self, hidden, targets, chunk=256):
-        return TransformersBackend.selected_logprobs(self, hidden, targets, chunk)
+    def _chunk_logprobs(self, hidden, targets):
+        return TransformersBackend._chunk_logprobs(self, hidden, targets)
 
 
 def padded_tokens(lengths: list[int], batches: list[list[int]]) -> int:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from selfreward.generation import FastBackend
 from selfreward.method.judging import SCORE_OPTIONS
 
 PROMPTS = ["What is the capital of France?", "Sort a list", "Write a haiku about rain please, a long one"]
@@ -54,13 +55,15 @@ def test_option_probs_match_a_plain_forward_pass(tiny_backend):
         assert abs(mass - float(expected.sum())) < 1e-5 and abs(sum(probs) - 1) < 1e-5
 
 
-def test_continuation_logprobs_equal_a_full_forward(tiny_backend):
+@pytest.mark.parametrize("engine", [None, FastBackend])
+def test_continuation_logprobs_equal_a_full_forward(tiny_backend, engine):
     backend, chat = tiny_backend
+    reader = engine(backend.model, backend.tokenizer, backend.stop_ids, batch_size=4) if engine else backend
     items = [(chat.prompt("What is the capital of France?"), chat.completion("Paris, of course.")),
              (chat.prompt("Sort a list"), chat.completion("Use sorted(items).")),
              (chat.prompt("Sort a list"), chat.completion("No."))]
-    results = backend.continuation_logprobs(items)
-    truncated = backend.continuation_logprobs(items, max_tokens=2)
+    results = reader.continuation_logprobs(items)
+    truncated = reader.continuation_logprobs(items, max_tokens=2)
     for (prefix, continuation), (total, count), (short, two) in zip(items, results, truncated):
         start = len(backend.tokenizer(prefix).input_ids)
         ids = backend.tokenizer(prefix + continuation).input_ids

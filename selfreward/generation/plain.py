@@ -113,10 +113,13 @@ class TransformersBackend(Backend):
         only [chunk, vocabulary] logits exist at a time; float32."""
         out = torch.empty(len(targets), dtype=torch.float32, device=hidden.device)
         for start in range(0, len(targets), chunk):
-            logits = self.head_logits(hidden[start:start + chunk]).float()
-            out[start:start + chunk] = logits.gather(-1, targets[start:start + chunk, None]).squeeze(-1) \
-                - torch.logsumexp(logits, -1)
+            out[start:start + chunk] = self._chunk_logprobs(hidden[start:start + chunk], targets[start:start + chunk])
         return out
+
+    def _chunk_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log p(target) of a chunk of rows, from the chunk's whole logits in float32."""
+        logits = self.head_logits(hidden).float()
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
 
 
 def read_options(probs: torch.Tensor, option_ids: list[int]) -> tuple[list[float] | None, float]:

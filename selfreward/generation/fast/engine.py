@@ -35,10 +35,9 @@ class FastBackend(TransformersBackend):
     def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return head_logits(self.model, hidden)
 
-    def selected_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-        """log p(target) of each row, the output layer a vocabulary block at a time (`head_logprobs`)."""
-        return torch.cat([head_logprobs(self.model, hidden[start:start + chunk], targets[start:start + chunk])
-                          for start in range(0, len(targets), chunk)])
+    def _chunk_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """log p(target) of a chunk of rows, the output layer a vocabulary block at a time (`head_logprobs`)."""
+        return head_logprobs(self.model, hidden, targets)
 
     @contextlib.contextmanager
     def _kernels(self):
