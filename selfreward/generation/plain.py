@@ -31,11 +31,12 @@ class TransformersBackend(Backend):
         results: list[list[Completion] | None] = [None] * len(prompts)
         # batches in order of length (a prompt and its new tokens), fewer rows for long prompts; results go back
         # in the input order
-        lengths = [len(ids) + max_new_tokens for ids in self.tokenizer(prompts).input_ids]
-        batches = budget_batches(lengths, max(1, self.batch_size // n))
+        encoded = self.tokenizer(prompts).input_ids
+        batches = budget_batches([len(ids) + max_new_tokens for ids in encoded], max(1, self.batch_size // n))
         with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
             for batch_no, index in enumerate(batches):
-                batch = self.tokenizer([prompts[i] for i in index], return_tensors="pt", padding=True).to(self.device)
+                batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in index]},
+                                           return_tensors="pt").to(self.device)
                 rows = self._generate_batch(batch, n, temperature, top_p, max_new_tokens, seed + batch_no,
                                             stop_strings, reading)
                 for row, completion in enumerate(rows):
