@@ -22,7 +22,7 @@ from selfreward.method import data
 from selfreward.config import DataConfig
 from selfreward.config import JudgeConfig
 from selfreward.generation import FastBackend, TransformersBackend
-from selfreward.method.judging import SCORE_OPTIONS, score_responses
+from selfreward.method.self_judge import SCORE_OPTIONS, score_responses
 from selfreward.method.prompts import judge_prompt
 
 # two judge "reasonings" of typical length; their content does not change the cost of reading scores

@@ -26,7 +26,7 @@ from selfreward.generation import FastBackend, TransformersBackend
 from selfreward.generation.contract import length_batches
 from selfreward.generation.fast.kernels import blocked_attention_for, weight_major_linears
 from selfreward.method import data
-from selfreward.method.judging import ranked_rows
+from selfreward.method.self_judge import ranked_rows
 from selfreward.method.prompts import JUDGE_TEMPLATES
 
 

@@ -23,7 +23,7 @@ from selfreward.evaluation.instruments.reward_model import judge_config
 from selfreward.generation import loaded_backend
 from selfreward.io import read_jsonl
 from selfreward.method import data
-from selfreward.method.judging import ranked_rows
+from selfreward.method.self_judge import ranked_rows
 from selfreward.rundir import RunDir, slug
 
 

@@ -19,8 +19,8 @@ from selfreward.evaluation.instruments.human_preference import reply_logprobs
 from selfreward.evaluation.instruments.mt_bench import answers as mt_bench_answers
 from selfreward.generation import loaded_backend
 from selfreward.method import data, training
-from selfreward.method.judges import LocalJudge, both_orders
-from selfreward.method.judging import ranked_rows
+from selfreward.method.evaluation_judge import LocalJudge, both_orders
+from selfreward.method.self_judge import ranked_rows
 from selfreward.method.loop import answer
 from selfreward.method.self_instruction import candidates_and_judgments
 

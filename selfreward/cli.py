@@ -84,6 +84,18 @@ def _plan(cfg, args) -> int:
     return 0
 
 
+def _check_fixes(cfg, params: str):
+    """The small-model fixes' options of `aift` and their rules (`method.fixes.check`), named by the params file
+    as every other params error is."""
+    from selfreward.method import fixes
+
+    try:
+        fixes.check(cfg)
+    except ConfigError as err:
+        message = str(err)
+        raise ConfigError(message if message.startswith("SELFREWARD_") else f"{params}: {message}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -91,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return _compare(args)
     try:
         cfg = load_config(args.params, args.overrides)
+        _check_fixes(cfg, args.params)
     except ConfigError as err:
         print(f"selfreward: error: {err}", file=sys.stderr)
         return 2

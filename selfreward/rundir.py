@@ -5,7 +5,7 @@ runs/<name>/
   config.yaml              the resolved config of the last run
   notebooks/<stage>.ipynb  papermill's executed stage notebooks, named by stage
   stages/<stage>.json      each stage's counts
-  data/  eft/  aift/m<t>/  models/<model>/           the artifacts of the method
+  data/  eft/  aift/m<t>/  aift/variant_<name>/  models/<model>/   the artifacts of the method
   eval/responses/<model>.jsonl                      every model's answers to the evaluation prompts
   eval/<instrument>.json  eval/<instrument>/        each instrument's result and detail (it names them)
   book/                    the book of this run (never the checkout's)
@@ -113,6 +113,11 @@ class RunDir:
     def candidates(self, t: int) -> Path:
         return self.aift(t) / "candidates.jsonl"
 
+    def prepared(self, t: int) -> Path:
+        """The candidates as the small-model fixes prepared them (implicit rewards, another model's scores or
+        candidates), when a fix is on; candidates.jsonl keeps them as sampled and judged."""
+        return self.aift(t) / "prepared.jsonl"
+
     def pairs(self, t: int) -> Path:
         return self.aift(t) / "pairs.jsonl"
 
@@ -120,8 +125,8 @@ class RunDir:
         return self.aift(t) / "positive.jsonl"
 
     def variant(self, name: str) -> Path:
-        """An ablation variant's candidates (with what it added to them) and pairs; its model is
-        models/variant_<name>."""
+        """An ablation variant's candidates as its fixes prepared them (prepared.jsonl) and its pairs; its model
+        is models/variant_<name>."""
         return self.root / "aift" / f"variant_{name}"
 
     def checkpoint_selection(self, t: int) -> Path:

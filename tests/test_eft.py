@@ -1,7 +1,7 @@
 from collections import Counter
 
 from selfreward.method.eft import build_eft, rebalance
-from selfreward.method.judging import Judgment, JudgeResult
+from selfreward.method.self_judge import Judgment, JudgeResult
 from selfreward.method.prompts import parse_score
 
 

@@ -4,7 +4,7 @@ import pytest
 from selfreward import models
 from selfreward.config import JudgeConfig
 from selfreward.generation import TransformersBackend
-from selfreward.method.judging import score_responses
+from selfreward.method.self_judge import score_responses
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_shared_prefill_scores_match_on_gemma_past_its_sliding_window():
     """Judge prompts longer than Gemma-3's 512-token sliding window, in float32 so that the only
     differences left are summation order: shared prefills must give the plain probabilities."""
     from selfreward.generation import FastBackend
-    from selfreward.method.judging import SCORE_OPTIONS
+    from selfreward.method.self_judge import SCORE_OPTIONS
     from selfreward.method.prompts import judge_prompt
 
     path = models.resolve(models.EMBEDDED_GEMMA)
@@ -82,7 +82,7 @@ def test_reading_in_the_same_pass_matches_a_plain_forward_on_gemma_past_its_slid
     import torch
 
     from selfreward.generation import FastBackend
-    from selfreward.method.judging import SCORE_READING
+    from selfreward.method.self_judge import SCORE_READING
     from selfreward.method.prompts import judge_prompt
 
     path = models.resolve(models.EMBEDDED_GEMMA)

@@ -10,7 +10,7 @@ from selfreward.evaluation import health
 from selfreward.evaluation.estimates import mean
 from selfreward.evaluation.instruments import head_to_head, human_preference, mt_bench, reference
 from selfreward.generation import FastBackend
-from selfreward.method.judges import EndpointJudge, JudgeError, LocalJudge, both_orders, outcome, soft_preference
+from selfreward.method.evaluation_judge import EndpointJudge, JudgeError, LocalJudge, both_orders, outcome, soft_preference
 
 
 def head_to_head_of(judge, instructions, x, y):
@@ -216,9 +216,9 @@ def test_judge_free_accuracies_on_two_tiny_models_by_hand(tiny_backend):
 
     normalised = [[lp / n for lp, n in zip(r["logps"], r["tokens"])] for r in rows["trained"]]
     implicit = [[a - b for a, b in zip(r["logps"], q["logps"])] for r, q in zip(rows["trained"], rows["start"])]
-    from selfreward.evaluation.agreement import accuracy as agreement, pairs
+    from selfreward.evaluation.agreement import accuracy as agreement, pair_count
 
     by_length = human_preference.normalised(rows["trained"])
     by_reward = human_preference.implicit(rows["trained"], rows["start"])
     assert agreement(by_length, 100, 0).value == pytest.approx(accuracy(normalised))
-    assert agreement(by_reward, 100, 0).value == pytest.approx(accuracy(implicit)) and pairs(by_reward) == 4
+    assert agreement(by_reward, 100, 0).value == pytest.approx(accuracy(implicit)) and pair_count(by_reward) == 4

@@ -9,7 +9,7 @@ from selfreward.generation.contract import budget_batches, common_prefix_length,
 from selfreward.generation.fast import MIN_SHARED_PREFIX, kernels
 from selfreward.generation.fast.cache import new_cache
 from selfreward.generation.fast.kernels import sample_top_p, shared_prefix_batches
-from selfreward.method.judging import SCORE_OPTIONS
+from selfreward.method.self_judge import SCORE_OPTIONS
 from selfreward.method.prompts import judge_prompt
 
 PROMPTS = ["What is the capital of France?", "Sort a list", "Write a haiku about rain please, a long one"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_cli
-from selfreward.method.judges import EndpointJudge, JudgeError
+from selfreward.method.evaluation_judge import EndpointJudge, JudgeError
 
 NO_EVAL = ("--no-book", "--set", "evaluation.enabled=false")
 

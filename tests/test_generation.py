@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from selfreward.generation import FastBackend
-from selfreward.method.judging import SCORE_OPTIONS
+from selfreward.method.self_judge import SCORE_OPTIONS
 
 PROMPTS = ["What is the capital of France?", "Sort a list", "Write a haiku about rain please, a long one"]
 
@@ -100,3 +100,20 @@ def test_every_engine_meets_the_backend_contract(tiny_model_dir):
                 if name.endswith("backend"):
                     used.add(node.attr)
     assert used and used <= set(CONTRACT), sorted(used - set(CONTRACT))
+
+
+def test_engines_are_registered_and_the_params_name_exactly_them():
+    """Each engine module registers its engine; `generation.backend` accepts exactly the registered names, and
+    an engine that cannot run here says why (vLLM without vllm installed)."""
+    import importlib.util
+    import typing
+
+    from selfreward import generation
+    from selfreward.config import GenerationConfig
+
+    assert set(typing.get_args(typing.get_type_hints(GenerationConfig)["backend"])) == set(generation.engines())
+    assert generation.engine("fast").unavailable() is None and generation.engine("transformers").unavailable() is None
+    if importlib.util.find_spec("vllm") is None:
+        assert generation.engine("vllm").unavailable().startswith("vllm is not installed here")
+    with pytest.raises(KeyError, match="unknown generation engine 'nope'"):
+        generation.engine("nope")

@@ -1,7 +1,7 @@
 import pytest
 
 from selfreward.config import JudgeConfig
-from selfreward.method.judging import Judgment, JudgeResult, reduce_probs, score_responses
+from selfreward.method.self_judge import Judgment, JudgeResult, reduce_probs, score_responses
 
 ITEMS = [("What is the capital of France?", "Paris."), ("Sort a list", "Use sorted().")]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "selfreward"
-FOUNDATION = {"selfreward", "selfreward.config", "selfreward.models", "selfreward.paper", "selfreward.rundir",
+FOUNDATION = {"selfreward", "selfreward.config", "selfreward.models", "selfreward.paper", "selfreward.rundir", "selfreward.plugins",
               "selfreward.io"}
 LAYERS = ["foundation", "generation", "method", "evaluation", "run", "cli"]
 

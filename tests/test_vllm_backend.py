@@ -124,8 +124,8 @@ def test_every_generating_stage_runs_on_the_vllm_backend(tiny_model_dir, tiny_ba
     and log-likelihoods equal the plain engine's (the stand-in computes them with the same model)."""
     from selfreward.config import CandidatesConfig, JudgeConfig, SelfInstructConfig
     from selfreward.evaluation.instruments.human_preference import reply_logprobs
-    from selfreward.method.judges import LocalJudge
-    from selfreward.method.judging import ranked_rows
+    from selfreward.method.evaluation_judge import LocalJudge
+    from selfreward.method.self_judge import ranked_rows
     from selfreward.method.self_instruction import candidates_and_judgments, new_prompts
 
     backend, chat = vllm_backend(tiny_model_dir)

@@ -5,6 +5,7 @@ Every rule raises ConfigError with a one-line message naming the dotted key.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import ipaddress
@@ -169,35 +170,17 @@ class AIFTConfig:
     # evaluation judge (evaluation.judge_model)
     select_every_steps: int = 0
     select_prompts: int = 0
-    # The small-model fixes (selfreward.method.variants), each off by default: the paper's recipe.
-    # implicit (CREAM, Wang et al., ICLR 2025): candidates ranked by the DPO implicit reward
-    # log pi_{M_t}(y|x) - log pi_{M_{t-1}}(y|x) (M_0: the base model) instead of the judge's score
-    reward: Literal["judge", "implicit"] = field(default="judge", metadata=WHEN_SET)
-    # CREAM's consistency regularisation: each pair's DPO loss C * DPO(y+, y-) + (1 - C) * DPO(y-, y+), with
-    # C = (tau + 1) / 2 and tau the Kendall tau between M_t's and M_{t-1}'s rankings of the prompt's candidates
-    consistency: bool = field(default=False, metadata=WHEN_SET)
-    # length control (Meta-Rewarding; NeMo-Aligner's self-rewarding recipe), > 0: among the candidates within
-    # rho of the best score the shortest is chosen, among those within rho of the worst the longest rejected
-    length_rho: float = field(default=0.0, metadata=WHEN_SET)
-    # meta-judge (Meta-Rewarding, Wu et al., 2024): M_t compares two of its own judgments of a reply; the
-    # preferred and the rejected judgment form judge pairs, trained by DPO beside the answer pairs
-    meta_judge: bool = field(default=False, metadata=WHEN_SET)
-    # anchored rejection (Temporal Self-Rewarding, 2025): the rejected reply is the lowest-scored of the anchor
-    # model's candidates for the same prompt; "" = off, base = M0, or a model of the run
-    anchor: str = field(default="", metadata=WHEN_SET)
+    # The small-model fixes' options (selfreward.method.fixes: each fix declares its own keys, their defaults,
+    # which are the paper's recipe, and their rules), written flat in the section (`aift.length_rho: 0.5`) and
+    # kept here as given; `fixes.check` reads them against the registered fixes before any stage runs. Only
+    # the keys set are fingerprinted, so that a run at the paper's recipe keeps its stages when a fix is added.
+    options: dict = field(default_factory=dict, metadata={"rest": True})
 
     def validate(self, key):
-        _check(0 <= self.length_rho <= JUDGE_MAX_SCORE, f"{key}.length_rho",
-               f"must be in [0, {JUDGE_MAX_SCORE}] (the judge's score range), got {self.length_rho:g}")
-        _check(not (self.length_rho and self.reward == "implicit"), f"{key}.length_rho",
-               "is in judge points: it needs reward: judge, not implicit (implicit rewards are log-ratios)")
         _check(self.select_every_steps >= 0, f"{key}.select_every_steps", "must be >= 0 (0 = off)")
         _check(self.select_prompts >= 0, f"{key}.select_prompts", "must be >= 0")
         _check(not self.select_every_steps or self.select_prompts > 0, f"{key}.select_prompts",
                "must be > 0 when select_every_steps is on")
-
-
-JUDGE_MAX_SCORE = 5  # the additive judge's range, 0-5 (selfreward.method.prompts.MAX_SCORE; a test checks)
 
 
 @dataclass
@@ -376,11 +359,11 @@ class Config:
         _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None, "name",
                "must be one plain folder name (letters, digits, '.', '_', '-'; not starting with '.')")
         _check(self.iterations >= 0, "iterations", "must be >= 0")
-        names = run_models(self.iterations)
-        _check(_model_reference_ok(self.self_instruct.prompt_model, ["base", "current"]),
+        names = model_sequence(self.iterations)
+        _check(model_reference_ok(self.self_instruct.prompt_model, ["base", "current"]),
                "self_instruct.prompt_model", f"unknown model {self.self_instruct.prompt_model!r} (expected base, "
                "current, or a model spec: a hub id owner/name, a local folder, embedded:..., tiny)")
-        _check(_model_reference_ok(self.evaluation.judge_model, ["base", "endpoint"] + names),
+        _check(model_reference_ok(self.evaluation.judge_model, ["base", "endpoint"] + names),
                "evaluation.judge_model", f"unknown model {self.evaluation.judge_model!r} (expected base, endpoint, "
                f"{', '.join(names)}, or a model spec)")
         rm_temperature = self.judge.temperature if self.evaluation.rm_temperature is None else self.evaluation.rm_temperature
@@ -390,7 +373,7 @@ class Config:
                f"{self.evaluation.rm_samples})")
         _check(self.generation.backend != "vllm" or self.model.finetune != "lora" or self.model.lora_r <= 512,
                "model.lora_r", "vLLM serves LoRA adapters of rank at most 512 (generation.backend: vllm)")
-        self._check_variants(names)
+        self._check_variants()
         world = self.launch.num_processes
         for section in ("sft", "dpo"):
             train = getattr(self, section)
@@ -402,37 +385,29 @@ class Config:
                    "selected runs in one process only; with launch.num_processes > 1 or an accelerate config "
                    "set logprobs: trl")
 
-    def variants(self) -> list[tuple[str, "AIFTConfig", int]]:
+    def ablation_variants(self) -> list[tuple[str, "AIFTConfig", int]]:
         """The ablation's variants: (name, its aift section, the iteration t it starts from, from M_t)."""
         found = []
         for name, overrides in self.ablation.variants.items():
             overrides = dict(overrides)
             start = overrides.pop("start", self.ablation.start)
-            section = build(AIFTConfig, {**dataclasses.asdict(self.aift), **overrides}, f"ablation.variants.{name}")
+            section = build(AIFTConfig, {**plain_section(self.aift), **overrides}, f"ablation.variants.{name}")
             found.append((name, section, int(start[1:]) if re.fullmatch(r"m\d+", str(start)) else 0))
         return found
 
-    def _check_variants(self, names: list[str]):
-        """The variant options' rules that need the rest of the config: a previous model for consistency, a
-        known anchor, the lean DPO loss for weighted pairs, and each ablation variant's start."""
-        sections = [("aift", self.aift, 1)] + [(f"ablation.variants.{n}", s, t) for n, s, t in self.variants()]
-        for key, section, t in sections:
-            if key != "aift":  # (its keys were checked when it was built, in `variants`)
-                _check(1 <= t <= self.iterations, f"{key}.start", f"must be a model with an iteration from it: "
-                       f"{', '.join(f'm{i}' for i in range(1, self.iterations + 1))}")
-                section.validate(key)
-            if self.iterations == 0 and key == "aift":
-                continue
-            _check(not (section.consistency and t == 1), f"{key}.consistency",
-                   "needs the previous model's ranking of the candidates, and the first iteration (from M1) has no "
-                   "previous model; use it from M2 on (an ablation variant with start: m2)")
-            _check(not (section.consistency and self.dpo.logprobs != "selected"), f"{key}.consistency",
-                   "weights each pair's DPO loss: it needs dpo.logprobs: selected")
-            _check(not section.anchor or _model_reference_ok(section.anchor, ["base"] + names), f"{key}.anchor",
-                   f"unknown model {section.anchor!r} (expected base, {', '.join(names)}, or a model spec)")
+    def _check_variants(self):
+        """Each ablation variant starts from a model with an iteration from it, and its section's own rules
+        hold. (What each small-model fix needs of the rest of the config is the fix's own rule:
+        `method.fixes.check`.)"""
+        for name, section, t in self.ablation_variants():
+            key = f"ablation.variants.{name}"
+            _check(1 <= t <= self.iterations, f"{key}.start", f"must be a model with an iteration from it: "
+                   f"{', '.join(f'm{i}' for i in range(1, self.iterations + 1))}")
+            section.validate(key)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain values, every section as it is written in a params file (options kept flat)."""
+        return {f.name: plain_section(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def section_hash(self, *sections: str) -> str:
         """A short fingerprint of the named sections, for skipping unchanged stages."""
@@ -440,7 +415,7 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def run_models(iterations: int) -> list[str]:
+def model_sequence(iterations: int) -> list[str]:
     """The model sequence of a run: SFT baseline, M1, then M2 ... M_{iterations+1}."""
     return ["sft_baseline", "m1"] + [f"m{t + 1}" for t in range(1, iterations + 1)]
 
@@ -480,10 +455,25 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def _model_reference_ok(value: str, names: list[str]) -> bool:
+def model_reference_ok(value: str, names: list[str]) -> bool:
     """A run-relative name, or something that looks like a model spec (checked again when loaded)."""
     return (value in names or value == "tiny" or value.startswith("embedded:") or "/" in value
             or Path(value).expanduser().exists())
+
+
+def plain_section(value):
+    """A section as plain values, as a params file writes it: options a section keeps aside (a field with
+    metadata `rest`, such as the small-model fixes' options of `aift`) flat beside its fields."""
+    if not dataclasses.is_dataclass(value):
+        return value
+    plain = {}
+    for f in dataclasses.fields(value):
+        item = getattr(value, f.name)
+        if f.metadata.get("rest"):
+            plain.update(item)
+        else:
+            plain[f.name] = plain_section(item) if dataclasses.is_dataclass(item) else copy.deepcopy(item)
+    return plain
 
 
 def _plain(value):
@@ -492,7 +482,7 @@ def _plain(value):
     stages of every earlier run."""
     if not dataclasses.is_dataclass(value):
         return value
-    plain = dataclasses.asdict(value)
+    plain = plain_section(value)
     for f in dataclasses.fields(value):
         if f.metadata.get("fingerprint") == "when set" and getattr(value, f.name) == f.default:
             del plain[f.name]
@@ -516,12 +506,12 @@ def _sampling(section, key):
 
 # ---------------------------------------------------------------- building from plain values
 
-def _coerce(value, hint, key):
+def coerce(value, hint, key):
     """Check one YAML value against a field's type hint; ints are accepted where floats are."""
     origin = typing.get_origin(hint)
     if origin is typing.Union:  # Optional[X]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], key)
+        return None if value is None else coerce(value, args[0], key)
     if origin is Literal:
         choices = typing.get_args(hint)
         _check(value in choices, key, f"expected one of {', '.join(map(str, choices))}, got {value!r}")
@@ -558,17 +548,22 @@ def build(cls, data, prefix: str = ""):
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'params'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    rest = next((f.name for f in dataclasses.fields(cls) if f.metadata.get("rest")), None)
+    names = {f.name for f in dataclasses.fields(cls)} - {rest}
+    kwargs = {rest: {}} if rest else {}
     for key in data:
-        if key not in names:
+        if key not in names and rest is None:
             where = f"{prefix}.{key}" if prefix else str(key)
             raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else key
+        if key not in names:  # an option the section keeps aside, checked by whoever declares it
+            _check(isinstance(key, str), where, "expected a name")
+            kwargs[rest][key] = value
+            continue
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
             kwargs[key] = build(hint, value if value is not None else {}, where)
         else:
-            kwargs[key] = _coerce(value, hint, where)
+            kwargs[key] = coerce(value, hint, where)
     return cls(**kwargs)

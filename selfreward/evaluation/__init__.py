@@ -14,10 +14,10 @@ instrument it `register`s; so is every module named in the environment variable 
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 
 from selfreward.evaluation.instrument import Difference, Instrument
+from selfreward.plugins import import_plugins
 
 _REGISTERED: dict[str, Instrument] = {}
 
@@ -35,8 +35,7 @@ def _discover():
     package = importlib.import_module("selfreward.evaluation.instruments")
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")
-    for name in filter(None, (m.strip() for m in os.environ.get("SELFREWARD_INSTRUMENTS", "").split(","))):
-        importlib.import_module(name)
+    import_plugins("SELFREWARD_INSTRUMENTS")
 
 
 def registered(cfg=None) -> list[Instrument]:

@@ -79,11 +79,11 @@ def aggregate(per_prompt: list[dict]) -> dict:
 
 def metrics(prompts: list[dict], samples: int = 1000, seed: int = 0) -> dict[str, Estimate]:
     """Every metric over prompts given as {"scores": [...], "ranks": [...]}, with its interval; n is the
-    number of prompts (`pairs` says how many reply pairs the accuracy is over)."""
+    number of prompts (`pair_count` says how many reply pairs the accuracy is over)."""
     return bootstrap_many([prompt_stats(p) for p in prompts], aggregate, samples, seed)
 
 
-def pairs(prompts: list[dict]) -> int:
+def pair_count(prompts: list[dict]) -> int:
     """Reply pairs with different human ranks and readable scores."""
     return sum(pair_outcomes(p["scores"], p["ranks"])[2] for p in prompts)
 
@@ -97,7 +97,7 @@ def paired_metrics(before: list[dict], after: list[dict], samples: int = 1000, s
 
 
 def accuracy(prompts: list[dict], samples: int = 1000, seed: int = 0) -> Estimate | None:
-    """Pairwise accuracy of any per-reply value against human ranks (n: prompts; `pairs` counts the reply
+    """Pairwise accuracy of any per-reply value against human ranks (n: prompts; `pair_count` counts the reply
     pairs); None when no pair is readable."""
     per_prompt = [prompt_stats(p) for p in prompts]
     estimate = bootstrap_many(per_prompt, lambda xs: {"a": aggregate(xs)["pairwise_accuracy"]}, samples, seed)["a"]

@@ -5,6 +5,11 @@ iterate over the registered instruments (`evaluation.registered()`); adding an i
 
 An instrument's `run` writes one JSON file (`file(run)`, under eval/) holding everything its reports
 need, differences included, so that rendering never recomputes a measurement.
+
+An instrument that can measure one model at a time has the per-model hooks: `measure` (one model's rows on
+the instrument's items), `rows` (those its own stage wrote, read back) and `compare` (the paired differences
+between two models' rows). Its own `run` uses them for the run's models, and the ablation uses them for each
+variant's model against the recipe's: an instrument with the hooks joins the ablation by itself.
 """
 from __future__ import annotations
 
@@ -13,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from selfreward.config import Config, run_models
+from selfreward.config import Config, model_sequence
 from selfreward.evaluation.estimates import Estimate, direction
 from selfreward.evaluation.health import Health
-from selfreward.io import read_json
-from selfreward.rundir import RunDir
+from selfreward.io import read_json, read_jsonl, write_jsonl
+from selfreward.rundir import RunDir, slug
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class Difference:
 def model_steps(names: list[str]) -> list[tuple[str, str]]:
     """The comparisons along the model sequence: SFT baseline -> M1, each M_t -> M_{t+1}, and M1 -> the last
     model when there are two iterations or more."""
-    steps = list(zip(names, names[1:]))
+    steps = list(zip(names, names[1:]))  # (consecutive pairs: zip stops at the shorter on purpose)
     if len(names) >= 4:
         steps.append((names[1], names[-1]))
     return steps
@@ -72,15 +77,20 @@ class Instrument:
     description: str = ""  # markdown: what it measures, and what it does not
     sections: tuple[str, ...] = ("seed", "model", "generation", "evaluation")  # the config it reads
     uses_responses: bool = False  # reads every model's answers to the evaluation prompts (stage `responses`)
-    after: tuple[str, ...] = ()  # the instruments whose results it reads
+    after: tuple[str, ...] = ()  # the instruments whose results it reads (`requires` may add to them)
     evaluates_variants: bool = False  # measures the ablation's variant models (needs their stages)
     order: int = 100  # its place among the instruments
+    quality: bool = False  # its paired differences measure quality: higher is better (the ablation's verdict)
 
     def enabled(self, cfg: Config) -> bool:
         return cfg.evaluation.enabled
 
     def models(self, cfg: Config) -> list[str]:
-        return run_models(cfg.iterations)
+        return model_sequence(cfg.iterations)
+
+    def requires(self, cfg: Config) -> tuple[str, ...]:
+        """The instruments whose results it reads in this run."""
+        return self.after
 
     # ------------------------------------------------------------ measuring
     def run(self, cfg: Config, run: RunDir) -> dict:
@@ -102,6 +112,42 @@ class Instrument:
 
     def done(self, run: RunDir) -> bool:
         return self.file(run).is_file()
+
+    # ------------------------------------------------------------ one model at a time
+    @property
+    def per_model(self) -> bool:
+        """Whether it measures one model at a time (it has `measure`), so that the ablation can use it."""
+        return type(self).measure is not Instrument.measure
+
+    def measure(self, cfg: Config, run: RunDir, model: str, backend, chat) -> list[dict]:
+        """The rows of one model (`model`, loaded as `backend` and `chat`) on the instrument's items."""
+        raise NotImplementedError
+
+    @staticmethod
+    def loaded(cfg: Config, run: RunDir, model: str):
+        """A model of the run (or a variant's) loaded with the configured engine, for a `with` block."""
+        from selfreward.generation import loaded_backend
+
+        return loaded_backend(str(RunDir(run).model(model)), cfg)
+
+    def measure_models(self, cfg: Config, run: RunDir, models: list[str]) -> tuple[dict[str, list[dict]], int]:
+        """`measure` for each of the run's named models, one loaded at a time, each model's rows written where
+        `rows` reads them; and the tokens the models generated."""
+        found, tokens = {}, 0
+        for name in models:
+            with self.loaded(cfg, run, name) as (backend, chat):
+                found[name] = self.measure(cfg, run, name, backend, chat)
+            tokens += backend.tokens_generated
+            write_jsonl(self.folder(run) / f"{slug(name)}.jsonl", found[name])
+        return found, tokens
+
+    def rows(self, run: RunDir, model: str) -> list[dict]:
+        """The rows the instrument's own stage wrote for one of the run's models."""
+        return read_jsonl(self.folder(run) / f"{slug(model)}.jsonl")
+
+    def compare(self, cfg: Config, before: list[dict], after: list[dict], names: tuple[str, str]) -> list[Difference]:
+        """Paired differences `after` − `before` on the same items (two models' rows, named by `names`)."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ reporting
     def tables(self, run: RunDir) -> list[tuple[str, pd.DataFrame]]:

@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import pandas as pd
 
-from selfreward.config import Config, run_models
+from selfreward.config import Config, model_sequence
 from selfreward.io import read_jsonl, write_jsonl
 from selfreward.rundir import RunDir
 
 
-def run_responses(cfg: Config, run: RunDir) -> dict:
-    from selfreward.generation import loaded_backend
+def answers(cfg: Config, run: RunDir, model: str, backend, chat) -> list[dict]:
+    """One model's answers to the evaluation prompts, sampled as `evaluation` says."""
     from selfreward.method.loop import answer
 
     instructions = [p["instruction"] for p in read_jsonl(run.eval_prompts)]
+    outputs = answer(backend, chat, instructions, cfg.evaluation, cfg.seed, desc=f"responses {model}")
+    return [{"instruction": i, "response": c.text, "num_tokens": c.num_tokens, "finished": c.finished}
+            for i, (c,) in zip(instructions, outputs, strict=True)]
+
+
+def run_responses(cfg: Config, run: RunDir) -> dict:
+    from selfreward.generation import loaded_backend
+
     tokens = 0
-    for name in run_models(cfg.iterations):
+    for name in model_sequence(cfg.iterations):
         with loaded_backend(str(run.model(name)), cfg) as (backend, chat):
-            outputs = answer(backend, chat, instructions, cfg.evaluation, cfg.seed, desc=f"responses {name}")
+            write_jsonl(run.responses(name), answers(cfg, run, name, backend, chat))
         tokens += backend.tokens_generated
-        write_jsonl(run.responses(name), [{"instruction": i, "response": c.text, "num_tokens": c.num_tokens,
-                                           "finished": c.finished} for i, (c,) in zip(instructions, outputs)])
-    return {"eval_prompts": len(instructions), "models": len(run_models(cfg.iterations)), "tokens_generated": tokens}
+    return {"eval_prompts": len(read_jsonl(run.eval_prompts)), "models": len(model_sequence(cfg.iterations)),
+            "tokens_generated": tokens}
 
 
 def load(run: RunDir, names: list[str]) -> dict[str, list[dict]]:

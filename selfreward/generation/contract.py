@@ -6,7 +6,8 @@ reads next-token probabilities over a few options (`option_probs`), and scores c
 when done. `Backend` implements what all engines share (tokenisation of options and continuations, the
 second-pass reading); each engine (`plain`, `fast`, `vllm`) subclasses it and fills in the rest.
 `CONTRACT` names every member a caller may use: tests check that each engine has all of them and that
-no caller uses anything else.
+no caller uses anything else. Each engine's module registers it (`register_engine`: its name, how it loads a
+model folder, why it cannot run here), and `generation.load_backend` looks it up by `generation.backend`.
 
 This module imports nothing of selfreward: engines import it, never the other way round.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 # every attribute and method that code outside selfreward.generation uses on a backend
 CONTRACT = ("batch_size", "tokens_generated", "tokenizer", "generate", "option_probs", "continuation_logprobs",
@@ -168,3 +170,22 @@ def budget_batches(lengths: list[int], size: int, tokens_per_prompt: int = BATCH
             current = []
         current.append(index)
     return batches + [current] if current else batches
+
+
+# ---------------------------------------------------------------- the engines, registered by their modules
+
+@dataclass(frozen=True)
+class Engine:
+    """A generation engine as `generation.backend` names it: how it loads a model folder as a `Backend`, and
+    why it cannot run on this machine (one line), if it cannot."""
+    name: str
+    load: Callable  # (model folder, config, tokenizer, stop token ids) -> Backend
+    unavailable: Callable[[], str | None] = lambda: None
+
+
+ENGINES: dict[str, Engine] = {}
+
+
+def register_engine(engine: Engine) -> Engine:
+    ENGINES[engine.name] = engine
+    return engine

@@ -5,7 +5,8 @@ import torch
 from tqdm import tqdm  # text bars: papermill streams them to the log
 
 from selfreward import models
-from selfreward.generation.contract import Backend, Completion, budget_batches, length_batches, normalised_options
+from selfreward.generation.contract import (Backend, Completion, Engine, budget_batches, length_batches, normalised_options,
+                                           register_engine)
 
 
 class TransformersBackend(Backend):
@@ -126,3 +127,11 @@ class TransformersBackend(Backend):
 def read_options(probs: torch.Tensor, option_ids: list[int]) -> tuple[list[float] | None, float]:
     """The options' share of a next-token distribution (see `contract.normalised_options`)."""
     return normalised_options(probs[option_ids].tolist())
+
+
+def load(path: str, cfg, tokenizer, stop_ids: list[int]) -> TransformersBackend:
+    model = models.load_model(path, dtype=cfg.model.dtype, device=cfg.model.device)
+    return TransformersBackend(model, tokenizer, stop_ids, cfg.generation.batch_size)
+
+
+register_engine(Engine("transformers", load))

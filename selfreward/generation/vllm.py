@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from selfreward.generation.contract import Backend, Completion, normalised_options
+from selfreward import models
+from selfreward.generation.contract import Backend, Completion, Engine, normalised_options, register_engine
 from selfreward.models import free_memory
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM 0.33's LoRAConfig accepts
@@ -177,3 +178,18 @@ class VLLMBackend(Backend):
         if cleanup_dist_env_and_memory is not None:
             cleanup_dist_env_and_memory()
         free_memory()
+
+
+def load(path: str, cfg, tokenizer, stop_ids: list[int]) -> VLLMBackend:
+    dtype = models.resolve_dtype(cfg.model.dtype, cfg.model.device)
+    return VLLMBackend(path, tokenizer, stop_ids, cfg.generation, dtype, cfg.seed, lora_r=cfg.model.lora_r)
+
+
+def unavailable() -> str | None:
+    import importlib.util
+
+    return None if importlib.util.find_spec("vllm") is not None else (
+        "vllm is not installed here (pip install 'selfreward[vllm]' on a GPU machine), or set generation.backend: fast")
+
+
+register_engine(Engine("vllm", load, unavailable))

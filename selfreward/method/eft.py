@@ -1,6 +1,6 @@
 """Evaluation fine-tuning (EFT) data: the SFT baseline's judgments that agree with human ranks.
 
-The SFT baseline judges every ranked reply of a training prompt k times (`judging.ranked_rows`, the
+The SFT baseline judges every ranked reply of a training prompt k times (`self_judge.ranked_rows`, the
 same rows the reward-model evaluation reads). Each EFT example teaches one judgment: its reasoning
 and an integer "Score: n". A prompt is kept only when its replies can be taught judgments whose
 *written* scores agree with the humans (`metrics.orders_as_humans`): for every two replies with
@@ -59,7 +59,7 @@ def teachable_judgments(results: list[dict], ranks: list[int]) -> list[tuple[str
 def build_eft(threads: list[dict], rows: list[dict], template: str) -> tuple[list[dict], list[dict]]:
     """EFT examples from agreeing prompts, and one record per judged prompt (kept or not).
 
-    `rows` are `judging.ranked_rows(threads)`: one per thread, its replies' results in order. Each
+    `rows` are `self_judge.ranked_rows(threads)`: one per thread, its replies' results in order. Each
     example carries the reply's human `rank` and its `prompt_id` beside the `score` it teaches.
     """
     examples, records, judge = [], [], JUDGE_TEMPLATES[template]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from selfreward.config import Config
 from selfreward.io import read_jsonl, write_json, write_jsonl
-from selfreward.method import data, eft
-from selfreward.method.run_models import base_model, model_path
+from selfreward.method import data, eft, fixes
+from selfreward.method.model_refs import base_model, model_path
 from selfreward.rundir import RunDir
 
 
@@ -72,7 +72,7 @@ def run_sft_baseline(cfg: Config, run: RunDir) -> dict:
 def run_eft(cfg: Config, run: RunDir) -> dict:
     """The SFT baseline judges ranked training replies; agreeing judgments become EFT data."""
     from selfreward.generation import loaded_backend
-    from selfreward.method.judging import ranked_rows
+    from selfreward.method.self_judge import ranked_rows
 
     threads = read_jsonl(run.eft_source)
     with loaded_backend(str(run.model("sft_baseline")), cfg) as (backend, chat):
@@ -134,10 +134,13 @@ def run_iteration(cfg: Config, run: RunDir, iteration: int) -> dict:
 
     with loaded_backend(current, cfg) as (backend, chat):
         records = self_instruction.candidates_and_judgments(backend, chat, kept, cfg.candidates, cfg.judge, seed)
-    pairs = self_instruction.preference_pairs(records)
+    step = fixes.Step(cfg, run, t, cfg.aift)  # the small-model fixes the aift section switches on, if any
+    pairs, own_pairs, prepared = fixes.preference_pairs(step, records)
     positives = self_instruction.positive_examples(records)
     write_jsonl(run.candidates(t), records)
-    write_jsonl(run.pairs(t), pairs)
+    if fixes.on(cfg.aift):
+        write_jsonl(run.prepared(t), prepared)
+    write_jsonl(run.pairs(t), pairs + own_pairs)
     write_jsonl(run.positives(t), positives)
     candidates = [c for r in records for c in r["candidates"]]
     scores = [c["score"] for c in candidates if c["score"] is not None]
@@ -148,17 +151,46 @@ def run_iteration(cfg: Config, run: RunDir, iteration: int) -> dict:
         "unscored_candidates": len(candidates) - len(scores),
         "unfinished_candidates": sum(not c["finished"] for c in candidates),  # left out of pairs and positives
         "pairs": len(pairs), "positive_examples": len(positives), "objective": cfg.aift.objective,
+        **_fix_counts(cfg.aift, own_pairs, step.counts),
         "tokens_generated": prompt_backend.tokens_generated + backend.tokens_generated})
     if cfg.aift.objective == "dpo" and not pairs:
         _stopped(run, f"iteration_{t}", counts,
-                 f"iteration {t}: no usable preference pair from {len(records)} prompts "
+                 f"iteration {t}: {fixes.no_pair_reason(prepared, cfg.aift, cfg.candidates.max_new_tokens)} "
                  f"({counts['parse_failures']} of {counts['judgments']} judgments unreadable; the rest tied)")
     if cfg.aift.objective == "sft_positive" and not positives:
         highest = f"the highest was {max(scores):.2f}" if scores else "none was scored"
         _stopped(run, f"iteration_{t}", counts,
                  f"iteration {t}: aift.objective sft_positive needs candidates scored {MAX_SCORE}, and none of "
                  f"{len(candidates)} was ({len(scores)} scored; {highest})")
-    return {**counts, **_prefixed("train", train_next_model(cfg, run, t, pairs, positives, seed))}
+    return {**counts, **_prefixed("train", train_next_model(cfg, run, t, pairs + own_pairs, positives, seed))}
+
+
+def run_variant(cfg: Config, run: RunDir, name: str) -> dict:
+    """The ablation variant `name` from M_t: AIFT(M_t)'s own prompts, candidates and judgments (those the
+    paper's recipe used), prepared and paired by the variant's fixes (`method.fixes`, the same rules a whole
+    run's iteration applies), then DPO(M_t, pairs) -> models/variant_<name>."""
+    from selfreward.method import training
+
+    section, t = next((s, start) for n, s, start in cfg.ablation_variants() if n == name)
+    records = read_jsonl(run.candidates(t))
+    step = fixes.Step(cfg, run, t, section)
+    pairs, own_pairs, prepared = fixes.preference_pairs(step, records)
+    write_jsonl(run.variant(name) / "prepared.jsonl", prepared)
+    write_jsonl(run.variant(name) / "pairs.jsonl", pairs + own_pairs)
+    counts = {"start": f"m{t}", "prompts": len(records), "candidates": sum(len(r["candidates"]) for r in records),
+              "pairs": len(pairs), "prompts_with_a_pair": len({p["prompt"] for p in pairs}),
+              **_fix_counts(section, own_pairs, step.counts)}
+    if not pairs:
+        raise StageError(f"variant {name}: {fixes.no_pair_reason(prepared, section, cfg.candidates.max_new_tokens)}")
+    summary = training.dpo(step.current, run.model(f"variant_{name}"), pairs + own_pairs, cfg.dpo, cfg.model, step.seed,
+                           launch=cfg.launch)
+    return {**counts, **_prefixed("train", summary)}
+
+
+def _fix_counts(section, own_pairs: list[dict], counted: dict) -> dict:
+    """What the stage's counts say of the small-model fixes it applied (nothing at the paper's recipe)."""
+    names = [fix.name for fix in fixes.on(section)]
+    return {"fixes": names, "judge_pairs": len(own_pairs), **counted} if names else {}
 
 
 def train_next_model(cfg: Config, run: RunDir, t: int, pairs: list[dict], positives: list[dict], seed: int) -> dict:
@@ -194,7 +226,7 @@ def select_checkpoint(cfg: Config, run: RunDir, t: int, checkpoints: list[str], 
     import shutil
 
     from selfreward.generation import loaded_backend
-    from selfreward.method import judges, training
+    from selfreward.method import evaluation_judge, training
 
     current, target = str(run.model(f"m{t}")), run.model(f"m{t + 1}")
     prompts = [p["instruction"] for p in read_jsonl(run.heldout_prompts)[:cfg.aift.select_prompts]]
@@ -211,16 +243,16 @@ def select_checkpoint(cfg: Config, run: RunDir, t: int, checkpoints: list[str], 
         with loaded_backend(path, cfg) as (backend, chat):
             answers[name] = [c.text for (c,) in answer(backend, chat, prompts, cfg.evaluation, cfg.seed,
                                                          desc=f"checkpoint selection: {name}")]
-    with judges.evaluation_judge(cfg, run) as (judge, judge_name):
-        results = judges.both_orders(judge, prompts, answers, [(f"step {s}", "m_t") for s in candidates])
-    rates = {step: judges.win_rate(results[f"step {step} vs m_t"]) for step in candidates}
+    with evaluation_judge.evaluation_judge(cfg, run) as (judge, judge_name):
+        results = evaluation_judge.both_orders(judge, prompts, answers, [(f"step {s}", "m_t") for s in candidates])
+    rates = {step: evaluation_judge.win_rate(results[f"step {step} vs m_t"]) for step in candidates}
     chosen = max(rates, key=lambda step: (rates[step], step))
     write_json(run.checkpoint_selection(t), {
         "judge": judge_name, "prompts": len(prompts), "chosen_step": chosen,
         "checkpoints": [{"step": step, "win_rate_vs_m_t": 100 * rates[step],
                          "win_tie_loss": [sum(r["outcome"] == k for r in results[f"step {step} vs m_t"])
                                           for k in ("win", "tie", "loss")],
-                         "soft_win_rate": judges.soft_win_rate(results[f"step {step} vs m_t"])} for step in candidates]})
+                         "soft_win_rate": evaluation_judge.soft_win_rate(results[f"step {step} vs m_t"])} for step in candidates]})
     if chosen != last_step:
         state = target / "trainer_state.json"  # the curves of the whole training stay with the chosen model
         shutil.copy2(state, Path(candidates[chosen]) / "trainer_state.json")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from selfreward.method.judging import score_groups
+from selfreward.method.self_judge import score_groups
 from selfreward.method.prompts import (MAX_SCORE, NearDuplicateIndex, check_prompt, extract_new_prompt,
                                 self_instruct_prompt, sample_shots)
 

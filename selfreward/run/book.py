@@ -41,13 +41,8 @@ def _copy_for_book(source: Path, target: Path, paths: dict[str, str]):
     collapsed log block at the end, after the chapter's tables and figures. Machine paths become
     placeholders (`paths`: text to replace, in order)."""
     notebook = nbformat.read(source, as_version=4)
-    iteration = source.stem.split("_")[1] if source.stem.startswith("iteration_") else None
     log = []
     for cell in notebook.cells:
-        if iteration and cell.cell_type == "markdown":  # "M_t" in an iteration chapter is a known model
-            t = int(iteration)
-            cell.source = cell.source.replace("M_{t+1}", f"M{t + 1}").replace("M_t", f"M{t}").replace(
-                "iteration:", f"iteration {t}:")
         tags = cell.metadata.setdefault("tags", [])
         if "parameters" in tags:
             tags.append("remove-cell")

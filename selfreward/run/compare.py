@@ -46,7 +46,7 @@ def headline_metrics(run_dir) -> dict[str, str]:
     for key in ("ift", "eft"):
         found[f"{key.upper()} examples"] = _text(manifest.get("counts", {}).get(key), key)
     for name, entry in manifest["stages"].items():
-        if name.startswith("iteration_"):
+        if entry.get("kind") == "iteration":
             found[f"{name}: preference pairs"] = _text(entry.get("counts", {}).get("pairs"), name)
     for instrument in evaluation.registered():
         if instrument.done(run):

@@ -2,8 +2,9 @@
 
 Most stages execute their notebook as it is. Some are templates, so that a new instrument (or ablation
 variant) needs no notebook of its own:
-- a stage with `fields` (every instrument's chapter, `instrument.ipynb`; every variant's, `05_variant.ipynb`):
-  `{title}`, `{description}` and `{name}` in its cells are the stage's;
+- a stage with `fields` (every instrument's chapter, `instrument.ipynb`; every variant's, `05_variant.ipynb`;
+  every iteration's, `05_iteration.ipynb`): `{title}`, `{description}`, `{name}`, `{t}`... in its cells are the
+  stage's;
 - `10_results.ipynb`, the results chapter: the cells tagged `per-instrument` are repeated for each
   instrument of the run, in order, with the instrument's fields filled in.
 The source notebooks are never written to; papermill executes the filled-in copy.
@@ -26,9 +27,9 @@ def fields(instrument) -> dict[str, str]:
     return {"title": instrument.title, "description": instrument.description, "name": instrument.name}
 
 
-def _fill(cell, values: dict[str, str]) -> dict:
+def _fill(cell, values: dict[str, str], repeated: bool = False) -> dict:
     cell = copy.deepcopy(cell)
-    if "id" in cell:  # cell ids stay unique when a cell is repeated per instrument
+    if repeated and "id" in cell:  # cell ids stay unique when a cell is repeated per instrument
         cell["id"] = f"{cell['id']}-{values['name']}"[:64]
     for key, value in values.items():
         cell.source = cell.source.replace(f"{{{key}}}", value)
@@ -50,7 +51,7 @@ def source(stage, stages) -> nbformat.NotebookNode:
         if cell is not None and PER_INSTRUMENT in cell.metadata.get("tags", []):
             block.append(cell)
             continue
-        expanded += [_fill(c, i) for i in instruments for c in block]
+        expanded += [_fill(c, i, repeated=True) for i in instruments for c in block]
         block = []
         if cell is not None:
             expanded.append(cell)

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import yaml
 
-from selfreward.config import Config, ConfigError, run_models
+from selfreward import generation
+from selfreward.config import Config, ConfigError, model_sequence
 from selfreward.io import read_json, write_json, write_text
 from selfreward.run import notebooks
 from selfreward.run.records import changed_files, file_records, locked
-from selfreward.run.stages import Stage, plan
+from selfreward.run.stages import Stage, describe, plan
 from selfreward.rundir import RunDir
 
 KERNEL = "selfreward"
@@ -125,7 +126,7 @@ def preflight(cfg: Config, out_root: Path):
     if cfg.self_instruct.prompt_model not in ("base", "current"):
         references.append(cfg.self_instruct.prompt_model)
     e = cfg.evaluation
-    if e.enabled and e.judge_model not in ["base", "endpoint"] + run_models(cfg.iterations):
+    if e.enabled and e.judge_model not in ["base", "endpoint"] + model_sequence(cfg.iterations):
         references.append(e.judge_model)
     for spec in references:
         models.check_spec(spec)
@@ -133,9 +134,9 @@ def preflight(cfg: Config, out_root: Path):
         tracker = getattr(cfg, section).report_to
         if tracker != "none" and importlib.util.find_spec(tracker) is None:
             raise ConfigError(f"{section}.report_to: {tracker} is not installed here (pip install {tracker})")
-    if cfg.generation.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("generation.backend: vllm is not installed here (pip install 'selfreward[vllm]' on a "
-                          "GPU machine), or set generation.backend: fast")
+    why_not = generation.engine(cfg.generation.backend).unavailable()
+    if why_not:
+        raise ConfigError(f"generation.backend: {why_not}")
     if e.enabled and e.judge_model == "endpoint" and not os.environ.get(e.endpoint_api_key_env):
         raise ConfigError(f"evaluation.judge_model: the endpoint judge needs an API key in the environment "
                           f"variable {e.endpoint_api_key_env}, which is not set")
@@ -253,7 +254,7 @@ def _execute(cfg: Config, run_dir: RunDir, stage: Stage, stages: list[Stage], fi
     executed, counts_file = run_dir.notebook(stage.name), run_dir.counts(stage.name)
     entry = manifest["stages"][stage.name] = {
         "status": "running", "fingerprint": fingerprint, "notebook": run_dir.relative(executed),
-        "iteration": stage.iteration or None, "config": {s: _plain(cfg, s) for s in stage.sections},
+        **describe(stage), "config": {s: _plain(cfg, s) for s in stage.sections},
         "started": _now()}
     write_json(run_dir.manifest, manifest)
     counts_file.unlink(missing_ok=True)
@@ -323,7 +324,7 @@ def summary_counts(manifest: dict) -> dict:
               for stage, key in [("data", "ift"), ("eft", "eft"), ("eft", "parse_failures")]}
     counts["eft_parse_failures"] = counts.pop("parse_failures")
     for name, entry in stages.items():
-        if name.startswith("iteration_"):
+        if entry.get("kind") == "iteration":
             c = entry.get("counts", {})
             counts[name] = {k: c.get(k) for k in ("prompts_generated", "prompts_kept", "candidates", "pairs",
                                                   "positive_examples", "parse_failures")}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from selfreward import evaluation, paper
-from selfreward.config import run_models
+from selfreward.config import model_sequence
 from selfreward.evaluation import findings
 from selfreward.evaluation.responses import side_by_side as _side_by_side
 from selfreward.io import read_json, read_jsonl
@@ -21,7 +21,7 @@ def _manifest(run_dir) -> dict:
 
 
 def _names(run_dir) -> list[str]:
-    return run_models(_manifest(run_dir)["config"]["iterations"])
+    return model_sequence(_manifest(run_dir)["config"]["iterations"])
 
 
 def done_instruments(run_dir) -> list:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from selfreward.config import Config, ConfigError, load_accelerate_config, run_models
+from selfreward.config import Config, ConfigError, load_accelerate_config, model_sequence
 from selfreward.method.launch import SHARDED, dpo_reference, load_dtype
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -188,7 +188,7 @@ def generated_tokens(cfg: Config) -> dict[str, dict]:
             "tokens": si.num_prompts * si.max_new_tokens + candidates * c.max_new_tokens
             + candidates * j.samples * per_judgment}
     if e.enabled:
-        models = len(run_models(cfg.iterations))
+        models = len(model_sequence(cfg.iterations))
         stages["evaluation"] = {"judged": 0, "tokens": cfg.data.eval_prompts * models * e.max_new_tokens}
     return stages
 

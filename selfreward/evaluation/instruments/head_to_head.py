@@ -13,7 +13,7 @@ from selfreward.evaluation.estimates import Estimate, bootstrap, mean
 from selfreward.evaluation.instrument import Difference, Instrument
 from selfreward.evaluation.responses import load
 from selfreward.io import read_jsonl, write_json, write_jsonl
-from selfreward.method import judges
+from selfreward.method import evaluation_judge
 
 COMPARISONS = [("m1", "sft_baseline"), ("m2", "sft_baseline"), ("m3", "sft_baseline"),
                ("m2", "m1"), ("m3", "m2"), ("m3", "m1")]
@@ -27,7 +27,7 @@ def summarise(records: list[dict], samples: int, seed: int) -> dict:
     n = len(outcomes)
     net = bootstrap([NET[o] for o in outcomes], lambda xs: sum(xs) / len(xs) if xs else None, samples, seed,
                     with_mde=True)
-    rate = bootstrap([judges.POINTS[o] for o in outcomes], lambda xs: sum(xs) / len(xs) if xs else None,
+    rate = bootstrap([evaluation_judge.POINTS[o] for o in outcomes], lambda xs: sum(xs) / len(xs) if xs else None,
                      samples, seed)
     soft = mean([r["soft_preference"] for r in records], samples, seed)
     verdicts = health.pairwise([r["forward"]["verdict"] for r in records], [r["backward"]["verdict"] for r in records])
@@ -59,8 +59,8 @@ class HeadToHead(Instrument):
         instructions = [p["instruction"] for p in read_jsonl(run.eval_prompts)]
         texts = {n: [r["response"] for r in rows] for n, rows in load(run, self.models(cfg)).items()}
         pairs = self.pairs(list(texts))
-        with judges.evaluation_judge(cfg, run) as (judge, judge_name):
-            records = judges.both_orders(judge, instructions, texts, pairs)
+        with evaluation_judge.evaluation_judge(cfg, run) as (judge, judge_name):
+            records = evaluation_judge.both_orders(judge, instructions, texts, pairs)
         comparisons = {key: summarise(rows, e.bootstrap_samples, cfg.seed) for key, rows in records.items()}
         for key, rows in records.items():
             write_jsonl(self.folder(run) / f"{key.replace(' ', '_')}.jsonl", rows)

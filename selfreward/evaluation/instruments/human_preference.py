@@ -4,13 +4,15 @@ length-normalised log-likelihood (mean log-probability per token), and, for a DP
 higher implicit reward log pi(reply) - log pi_ref(reply) against the model it was trained from."""
 from __future__ import annotations
 
+import dataclasses
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from selfreward.evaluation import agreement, register
 from selfreward.evaluation.estimates import Estimate
 from selfreward.evaluation.instrument import Difference, Instrument, model_steps
-from selfreward.io import read_jsonl, write_json, write_jsonl
+from selfreward.io import read_jsonl, write_json
 from selfreward.method import data
 
 CLAIMS = {("sft_baseline", "m1"): "eft_like_ift", ("m1", "m2"): "m2_beats_m1", ("m2", "m3"): "m3_beats_m2"}
@@ -32,12 +34,12 @@ def reply_logprobs(backend, chat, threads: list[dict], max_tokens: int, desc: st
 def normalised(rows: list[dict]) -> list[dict]:
     """Per prompt, each reply's log-likelihood per token as its score."""
     return [{"prompt_id": r["prompt_id"], "ranks": r["ranks"],
-             "scores": [lp / max(n, 1) for lp, n in zip(r["logps"], r["tokens"])]} for r in rows]
+             "scores": [lp / max(n, 1) for lp, n in zip(r["logps"], r["tokens"], strict=True)]} for r in rows]
 
 
 def implicit(rows: list[dict], reference: list[dict]) -> list[dict]:
     """Per prompt, each reply's implicit reward log pi - log pi_ref as its score."""
-    return [{"prompt_id": r["prompt_id"], "ranks": r["ranks"], "scores": [a - b for a, b in zip(r["logps"], q["logps"])]}
+    return [{"prompt_id": r["prompt_id"], "ranks": r["ranks"], "scores": [a - b for a, b in zip(r["logps"], q["logps"], strict=True)]}
             for r, q in zip(rows, reference, strict=True)]
 
 
@@ -67,17 +69,20 @@ class HumanPreference(Instrument):
     sections = ("seed", "model", "generation", "aift", "evaluation")
     order = 40
 
-    def run(self, cfg, run) -> dict:
-        from selfreward.generation import loaded_backend
+    quality = True
 
+    def measure(self, cfg, run, model, backend, chat):
+        return reply_logprobs(backend, chat, threads(cfg, run), cfg.evaluation.hp_max_reply_tokens,
+                              desc=f"log-likelihoods {model}")
+
+    def compare(self, cfg, before, after, names):
         e = cfg.evaluation
-        read = threads(cfg, run)
-        per_model = {}
-        for name in self.models(cfg):
-            with loaded_backend(str(run.model(name)), cfg) as (backend, chat):
-                per_model[name] = reply_logprobs(backend, chat, read, e.hp_max_reply_tokens,
-                                                 desc=f"log-likelihoods {name}")
-            write_jsonl(self.folder(run) / f"{name}.jsonl", per_model[name])
+        paired = agreement.paired_metrics(normalised(before), normalised(after), e.bootstrap_samples, cfg.seed)
+        return [Difference("likelihood picks the human-preferred reply", *names, paired["pairwise_accuracy"])]
+
+    def run(self, cfg, run) -> dict:
+        e = cfg.evaluation
+        per_model, _ = self.measure_models(cfg, run, self.models(cfg))
         refs = references(cfg)
         models = {}
         for name, rows in per_model.items():
@@ -88,17 +93,15 @@ class HumanPreference(Instrument):
                 entry["implicit_reward"] = agreement.accuracy(implicit(rows, per_model[refs[name]]), e.bootstrap_samples,
                                                               cfg.seed)
             models[name] = {k: v.to_dict() if isinstance(v, Estimate) else v for k, v in entry.items()}
-        differences = []
-        for before, after in model_steps(list(per_model)):
-            paired = agreement.paired_metrics(normalised(per_model[before]), normalised(per_model[after]),
-                                              e.bootstrap_samples, cfg.seed)
-            differences.append(Difference("likelihood picks the human-preferred reply", before, after,
-                                          paired["pairwise_accuracy"], claim=CLAIMS.get((before, after))))
-        pairs = agreement.pairs(normalised(next(iter(per_model.values()))))
-        write_json(self.file(run), {"prompts": len(read), "replies": sum(len(t["replies"]) for t in read),
+        differences = [dataclasses.replace(d, claim=CLAIMS.get((before, after)))
+                       for before, after in model_steps(list(per_model))
+                       for d in self.compare(cfg, per_model[before], per_model[after], (before, after))]
+        first = next(iter(per_model.values()))
+        pairs = agreement.pair_count(normalised(first))
+        write_json(self.file(run), {"prompts": len(first), "replies": sum(len(r["ranks"]) for r in first),
                                     "pairs": pairs, "max_reply_tokens": e.hp_max_reply_tokens, "models": models,
                                     "differences": [d.to_dict() for d in differences]})
-        return {"hp_prompts": len(read), "pairs": pairs,
+        return {"hp_prompts": len(first), "pairs": pairs,
                 **{f"length_normalised {n}": round(m["length_normalised"]["value"], 4) for n, m in models.items()}}
 
     def tables(self, run):

@@ -3,6 +3,8 @@ sequence before the token limit). The paper's answers grow longer with each iter
 the limit says nothing about where its model would have stopped."""
 from __future__ import annotations
 
+import dataclasses
+
 import matplotlib.pyplot as plt
 import pandas as pd
 
@@ -10,8 +12,8 @@ from selfreward import paper
 from selfreward.evaluation import register
 from selfreward.evaluation.estimates import Estimate, mean, mean_of, paired
 from selfreward.evaluation.instrument import Difference, Instrument, model_steps
-from selfreward.evaluation.responses import load
-from selfreward.io import write_json
+from selfreward.evaluation import responses
+from selfreward.io import read_jsonl, write_json
 
 
 @register
@@ -26,24 +28,33 @@ class Lengths(Instrument):
     sections = ("seed", "model", "evaluation")
     order = 60
 
+    def measure(self, cfg, run, model, backend, chat):
+        return responses.answers(cfg, run, model, backend, chat)
+
+    def rows(self, run, model):
+        return read_jsonl(run.responses(model))
+
+    def compare(self, cfg, before, after, names):
+        e = cfg.evaluation
+
+        def difference(metric, value, **units):
+            return Difference(metric, *names, paired([value(r) for r in before], [value(r) for r in after], mean_of,
+                                                     e.bootstrap_samples, cfg.seed), **units)
+
+        return [difference("answer length", lambda r: len(r["response"]), unit="characters", scale=1.0, span=None),
+                difference("answers that finish", lambda r: float(r["finished"]))]
+
     def run(self, cfg, run) -> dict:
         e = cfg.evaluation
-        answers = load(run, self.models(cfg))
+        answers = responses.load(run, self.models(cfg))
         models = {name: {"characters": mean([len(r["response"]) for r in rows], e.bootstrap_samples, cfg.seed).to_dict(),
                          "tokens": mean([r["num_tokens"] for r in rows], e.bootstrap_samples, cfg.seed).to_dict(),
                          "finished": mean([float(r["finished"]) for r in rows], e.bootstrap_samples, cfg.seed).to_dict()}
                   for name, rows in answers.items()}
         differences = []
         for before, after in model_steps(list(answers)):
-            a, b = answers[before], answers[after]
-            differences.append(Difference("answer length", before, after,
-                                          paired([len(r["response"]) for r in a], [len(r["response"]) for r in b],
-                                                 mean_of, e.bootstrap_samples, cfg.seed),
-                                          unit="characters", scale=1.0, span=None,
-                                          claim=None if before == "sft_baseline" else "longer"))
-            differences.append(Difference("answers that finish", before, after,
-                                          paired([float(r["finished"]) for r in a], [float(r["finished"]) for r in b],
-                                                 mean_of, e.bootstrap_samples, cfg.seed)))
+            length, finished = self.compare(cfg, answers[before], answers[after], (before, after))
+            differences += [dataclasses.replace(length, claim=None if before == "sft_baseline" else "longer"), finished]
         write_json(self.file(run), {"prompts": len(next(iter(answers.values()), [])), "max_new_tokens": e.max_new_tokens,
                                     "models": models, "differences": [d.to_dict() for d in differences]})
         return {f"mean characters {n}": round(m["characters"]["value"], 1) for n, m in models.items()}

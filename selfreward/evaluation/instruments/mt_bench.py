@@ -12,7 +12,7 @@ from selfreward.evaluation import health, register
 from selfreward.evaluation.estimates import Estimate, mean, mean_of, paired
 from selfreward.evaluation.instrument import Difference, Instrument, model_steps
 from selfreward.io import read_jsonl, write_json, write_jsonl
-from selfreward.method import judges
+from selfreward.method import evaluation_judge
 from selfreward.method.prompts import MT_BENCH_RATING
 
 CLAIMS = {("sft_baseline", "m1"): "eft_like_ift"}
@@ -74,7 +74,7 @@ class MTBench(Instrument):
                 written[name] = answers(backend, chat, questions, e, cfg.seed, desc=f"MT-Bench {name}")
             tokens += backend.tokens_generated
         models = {}
-        with judges.evaluation_judge(cfg, run) as (judge, judge_name):
+        with evaluation_judge.evaluation_judge(cfg, run) as (judge, judge_name):
             for name, rows in written.items():
                 exchanges = [(a["turns"][:turn + 1], a["answers"][:turn + 1]) for a in rows for turn in (0, 1)]
                 ratings = judge.ratings(exchanges)

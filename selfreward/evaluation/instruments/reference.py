@@ -17,7 +17,7 @@ from selfreward.evaluation.estimates import Estimate, bootstrap_many, paired_man
 from selfreward.evaluation.instrument import Difference, Instrument, model_steps
 from selfreward.evaluation.responses import load
 from selfreward.io import read_jsonl, write_json, write_jsonl
-from selfreward.method import judges
+from selfreward.method import evaluation_judge
 
 
 def length_features(answers: list[str], references: list[str]) -> list[float]:
@@ -74,18 +74,18 @@ class Reference(Instrument):
         instructions, references = [p["instruction"] for p in prompts], [p["reference"] for p in prompts]
         texts = {n: [r["response"] for r in rows] for n, rows in load(run, self.models(cfg)).items()}
         names = list(texts)
-        with judges.evaluation_judge(cfg, run) as (judge, judge_name):
-            records = judges.both_orders(judge, instructions, {**texts, "reference": references},
+        with evaluation_judge.evaluation_judge(cfg, run) as (judge, judge_name):
+            records = evaluation_judge.both_orders(judge, instructions, {**texts, "reference": references},
                                          [(n, "reference") for n in names])
         items, models = {}, {}
         for name in names:
             rows = records[f"{name} vs reference"]
             write_jsonl(self.folder(run) / f"{name}.jsonl", rows)
-            items[name] = list(zip([judges.POINTS[r["outcome"]] for r in rows],
+            items[name] = list(zip([evaluation_judge.POINTS[r["outcome"]] for r in rows],
                                    length_features(texts[name], references)))
             estimates = bootstrap_many(items[name], _statistics, e.bootstrap_samples, cfg.seed)
             verdicts = health.pairwise([r["forward"]["verdict"] for r in rows], [r["backward"]["verdict"] for r in rows])
-            longer = [judges.POINTS[r["outcome"]] for r, a, ref in zip(rows, texts[name], references) if len(a) > len(ref)]
+            longer = [evaluation_judge.POINTS[r["outcome"]] for r, a, ref in zip(rows, texts[name], references) if len(a) > len(ref)]
             models[name] = {"win_rate": estimates["win_rate"].to_dict(),
                             "length_controlled": estimates["length_controlled"].to_dict(),
                             "mean_chars": sum(map(len, texts[name])) / len(texts[name]),

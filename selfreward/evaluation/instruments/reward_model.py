@@ -32,6 +32,12 @@ def prompts(cfg, run) -> list[dict]:
     return threads
 
 
+def judged_health(rows: list[dict], prompt: str) -> health.Health:
+    """Whether a judge's scores of the held-out replies can rank anything (`evaluation.health.scores`)."""
+    template = JUDGE_TEMPLATES[prompt]
+    return health.scores([s for r in rows for s in r["scores"]], template.low, template.high)
+
+
 def judge_config(cfg):
     """The judge settings the models judge the held-out replies with: the run's judge, with the evaluation's
     samples and temperature."""
@@ -56,39 +62,49 @@ class RewardModel(Instrument):
     sections = ("seed", "model", "generation", "judge", "evaluation")
     order = 30
 
+    quality = True
+
+    def measure(self, cfg, run, model, backend, chat, judge_cfg=None):
+        from selfreward.method.self_judge import ranked_rows
+
+        return ranked_rows(backend, chat, prompts(cfg, run), judge_cfg or judge_config(cfg), cfg.seed,
+                           desc=f"reward model {model}")
+
+    def compare(self, cfg, before, after, names, claim=None):
+        e = cfg.evaluation
+        healths = [judged_health(rows, cfg.judge.prompt) for rows in (before, after)]
+        blind = "; ".join(f"{m}: {h.why_not}" for m, h in zip(names, healths, strict=True) if not h.informative) or None
+        paired = agreement.paired_metrics(before, after, e.bootstrap_samples, cfg.seed)
+        return [Difference("pairwise accuracy", *names, paired["pairwise_accuracy"], claim=claim, blind=blind)]
+
     def run(self, cfg, run) -> dict:
         e = cfg.evaluation
-        from selfreward.generation import loaded_backend
-        from selfreward.method.judging import ranked_rows
-
-        threads = prompts(cfg, run)
         judge_cfg = judge_config(cfg)
-        judges = [(name, name, judge_cfg) for name in self.models(cfg)]
-        if e.judge_prompt_ablation:
-            judges.append((ABLATION, "sft_baseline", dataclasses.replace(judge_cfg, prompt="multiple_choice")))
-        table, rows, tokens = {}, {}, 0
-        for label, name, prompt_cfg in judges:
-            with loaded_backend(str(run.model(name)), cfg) as (backend, chat):
-                rows[label] = ranked_rows(backend, chat, threads, prompt_cfg, cfg.seed, desc=f"reward model {label}")
+        rows, tokens = self.measure_models(cfg, run, self.models(cfg))
+        judges = [(name, judge_cfg) for name in self.models(cfg)]
+        if e.judge_prompt_ablation:  # the SFT baseline again, with the multiple-choice prompt
+            ablation_cfg = dataclasses.replace(judge_cfg, prompt="multiple_choice")
+            with self.loaded(cfg, run, "sft_baseline") as (backend, chat):
+                rows[ABLATION] = self.measure(cfg, run, ABLATION, backend, chat, ablation_cfg)
             tokens += backend.tokens_generated
-            write_jsonl(self.folder(run) / f"{slug(label)}.jsonl", rows[label])
-            template = JUDGE_TEMPLATES[prompt_cfg.prompt]
-            verdict = health.scores([s for r in rows[label] for s in r["scores"]], template.low, template.high)
+            write_jsonl(self.folder(run) / f"{slug(ABLATION)}.jsonl", rows[ABLATION])
+            judges.append((ABLATION, ablation_cfg))
+        table = {}
+        for label, prompt_cfg in judges:
+            verdict = judged_health(rows[label], prompt_cfg.prompt)
             table[label] = {"judge_prompt": prompt_cfg.prompt, "mode": rows[label][0]["mode"],
                             "scores_file": f"{self.name}/{slug(label)}.jsonl", "health": verdict.to_dict(),
                             "metrics": {k: v.to_dict() for k, v in
                                         agreement.metrics(rows[label], e.bootstrap_samples, cfg.seed).items()},
-                            "pairs": agreement.pairs(rows[label])}
+                            "pairs": agreement.pair_count(rows[label])}
         differences = []
         for before, after in model_steps(self.models(cfg)):
-            blind = "; ".join(f"{m}: {table[m]['health']['why_not']}" for m in (before, after)
-                              if not table[m]["health"]["informative"]) or None
-            paired = agreement.paired_metrics(rows[before], rows[after], e.bootstrap_samples, cfg.seed)
-            differences.append(Difference("pairwise accuracy", before, after, paired["pairwise_accuracy"],
-                                          claim="rm_rises", blind=blind))
+            differences += self.compare(cfg, rows[before], rows[after], (before, after), claim="rm_rises")
             if before == "sft_baseline":  # with EFT (M1) against without (the SFT baseline): one score piles up?
+                paired = agreement.paired_metrics(rows[before], rows[after], e.bootstrap_samples, cfg.seed)
                 differences.append(Difference("top-score share", before, after, paired["top_score_share"],
                                               claim="no_eft_one_score", blind=None))
+        threads = prompts(cfg, run)
         write_json(self.file(run), {"prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
                                     "splits": dict(Counter(t.get("split", "validation") for t in threads)),
                                     "samples": judge_cfg.samples, "temperature": judge_cfg.temperature, "models": table,

@@ -9,7 +9,8 @@ import re
 import torch
 from tqdm import tqdm  # text bars: papermill streams them to the log
 
-from selfreward.generation.contract import Reading, common_prefix_length, similar_lengths
+from selfreward import models
+from selfreward.generation.contract import Engine, Reading, common_prefix_length, register_engine, similar_lengths
 from selfreward.generation.fast.cache import cache_argument, new_cache
 from selfreward.generation.fast.kernels import (blocked_attention_for, head_logits, head_logprobs, sample_top_p,
                                                 shared_prefix_batches, weight_major_linears)
@@ -256,3 +257,11 @@ class FastBackend(TransformersBackend):
                                kv_cache=cache, use_cache=True).last_hidden_state
         last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
         return hidden[torch.arange(len(tails), device=self.device), last]
+
+
+def load(path: str, cfg, tokenizer, stop_ids: list[int]) -> FastBackend:
+    model = models.load_model(path, dtype=cfg.model.dtype, device=cfg.model.device)
+    return FastBackend(model, tokenizer, stop_ids, cfg.generation.batch_size)
+
+
+register_engine(Engine("fast", load))

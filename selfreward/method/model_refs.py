@@ -3,7 +3,7 @@ model spec; and the model sequence's references (the model each was trained from
 from __future__ import annotations
 
 from selfreward import models
-from selfreward.config import Config, run_models
+from selfreward.config import Config, model_sequence
 from selfreward.io import read_jsonl
 from selfreward.rundir import RunDir
 
@@ -20,6 +20,6 @@ def model_path(cfg: Config, run: RunDir, reference: str) -> str:
     """A model reference of the params: `base` (M0), a model of this run (sft_baseline, m1, ...) or a spec."""
     if reference == "base":
         return base_model(cfg, run)
-    if reference in run_models(cfg.iterations):
+    if reference in model_sequence(cfg.iterations):
         return str(run.model(reference))
     return models.resolve(reference)

@@ -182,7 +182,7 @@ def soft_win_rate(records: list[dict]) -> float | None:
 def evaluation_judge(cfg, run):
     """The configured evaluation judge for the length of a block, and its name for the report."""
     from selfreward.generation import loaded_backend
-    from selfreward.method.run_models import model_path
+    from selfreward.method.model_refs import model_path
 
     e = cfg.evaluation
     if e.judge_model == "endpoint":
