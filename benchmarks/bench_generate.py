@@ -58,7 +58,7 @@ def judge_prefixes(chat, count: int) -> list[str]:
 
 
 def _differences(probs_a, probs_b) -> list[float]:
-    return [abs(a - b) for p, q in zip(probs_a, probs_b) if p and q for a, b in zip(p, q)]
+    return [abs(a - b) for p, q in zip(probs_a, probs_b, strict=True) if p and q for a, b in zip(p, q, strict=True)]
 
 
 def timed_judging(backend, chat, items, samples: int, max_new_tokens: int) -> dict:

@@ -117,10 +117,10 @@ def main(argv=None) -> int:
                                          round(result["fast_without_blocks"][key] / result["fast"][key], 2)}
     # the same readings up to bf16's summation order: the largest differences between the fast engines
     before, after = readings["fast_without_blocks"], readings["fast"]
-    result["max_score_difference"] = round(max(abs(a - b) for x, y in zip(before[0], after[0])
-                                               for a, b in zip(x["scores"], y["scores"])), 4)
-    result["max_mean_logprob_difference"] = round(max(abs(a / n - b / n) for x, y in zip(before[1], after[1])
-                                                      for a, b, n in zip(x["logps"], y["logps"], x["tokens"])), 4)
+    result["max_score_difference"] = round(max(abs(a - b) for x, y in zip(before[0], after[0], strict=True)
+                                               for a, b in zip(x["scores"], y["scores"], strict=True)), 4)
+    result["max_mean_logprob_difference"] = round(max(abs(a / n - b / n) for x, y in zip(before[1], after[1], strict=True)
+                                                      for a, b, n in zip(x["logps"], y["logps"], x["tokens"], strict=True)), 4)
     print(json.dumps(result, indent=1))
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1)

@@ -3,6 +3,7 @@
 runs/<name>/
   manifest.json            each stage: status, config, counts, outputs (sizes, hashes), duration
   config.yaml              the resolved config of the last run
+  params.yaml              the profile it was made from (before overrides; a stage notebook re-runs from it)
   notebooks/<stage>.ipynb  papermill's executed stage notebooks, named by stage
   stages/<stage>.json      each stage's counts
   data/  eft/  aift/m<t>/  aift/variant_<name>/  models/<model>/   the artifacts of the method
@@ -35,6 +36,12 @@ class RunDir:
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def params(self) -> Path:
+        """The profile the run was made from, as loaded (with what it `extends`), before any override: a stage
+        notebook re-runs from it and the overrides it shows."""
+        return self.root / "params.yaml"
 
     @property
     def lock(self) -> Path:

@@ -150,3 +150,25 @@ def test_the_deviations_of_the_8b_profile_name_what_differs():
     assert rows["SFT learning rate"] == ("0.0002, cosine decay to 4e-05", False)
     assert rows["DPO learning rate"] == ("5e-06, decaying to 5e-07", False)
     assert rows["evaluation judge"] == ("endpoint gpt-4o-2024-08-06", False)
+
+
+def test_a_profile_extends_another_and_holds_only_its_own_lines(tmp_path):
+    """`extends:` names the profile a params file builds on: mappings merge key by key, values are replaced; the
+    shipped ablation profile is the study's params plus its own name and ablation section."""
+    (tmp_path / "base.yaml").write_text("name: base\nsft:\n  learning_rate: 1.0e-4\n  epochs: 2\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nsft:\n  epochs: 3\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert (cfg.name, cfg.sft.learning_rate, cfg.sft.epochs) == ("base", 1e-4, 3)
+    study, ablation = (load_config(REPO / "params" / f"{n}.yaml").to_dict() for n in ("cpu-study", "cpu-ablation"))
+    assert {k: v for k, v in ablation.items() if k not in ("name", "ablation")} == \
+        {k: v for k, v in study.items() if k not in ("name", "ablation")}
+    assert len((REPO / "params" / "cpu-ablation.yaml").read_text().splitlines()) < 40
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: extends itself \(through a.yaml -> b.yaml\)"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"nowhere.yaml: params file not found"):
+        load_config(tmp_path / "orphan.yaml")
+    with pytest.raises(ConfigError, match=r": is a folder, not a params file$"):
+        load_config(tmp_path)

@@ -28,7 +28,7 @@ def test_build_eft_keeps_only_agreeing_prompts():
     ]
     results = [[_result(4, 4), _result(2, 3)], [_result(3), _result(3)]]
     rows = [{"prompt_id": t["prompt_id"], "ranks": [0, 1], "scores": [r.score for r in judged],
-             "results": [r.to_dict() for r in judged]} for t, judged in zip(threads, results)]
+             "results": [r.to_dict() for r in judged]} for t, judged in zip(threads, results, strict=True)]
     examples, records = build_eft(threads, rows, "additive")
     assert [r["agrees"] for r in records] == [True, False]
     assert len(examples) == 2 and {e["prompt_id"] for e in examples} == {"a"}
@@ -55,4 +55,4 @@ def test_written_scores_order_the_replies_as_the_humans_do():
     assert records[1]["taught_scores"] == [4, 3] and examples[0]["response"].endswith("Score: 4")
     for prompt_id in {e["prompt_id"] for e in examples}:  # within every kept prompt: strict human order
         kept = sorted((e["rank"], e["score"]) for e in examples if e["prompt_id"] == prompt_id)
-        assert all(a[1] > b[1] for a, b in zip(kept, kept[1:]) if a[0] < b[0])
+        assert all(a[1] > b[1] for a, b in zip(kept, kept[1:], strict=False) if a[0] < b[0])

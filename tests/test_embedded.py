@@ -96,7 +96,7 @@ def test_reading_in_the_same_pass_matches_a_plain_forward_on_gemma_past_its_slid
     suffix = tokenizer(SCORE_READING.suffix, add_special_tokens=False).input_ids
     options = fast.option_token_ids(SCORE_READING.suffix, SCORE_READING.options)[1]
     for prompt, completions in zip(prompts, fast.generate(prompts, n=2, temperature=0.7, max_new_tokens=24,
-                                                          reading=SCORE_READING)):
+                                                          reading=SCORE_READING), strict=True):
         for c in completions:
             with torch.no_grad():
                 logits = model(torch.tensor([tokenizer(prompt).input_ids + c.kept_ids + suffix])).logits[0, -1]

@@ -23,9 +23,9 @@ def test_outcomes_count_both_orders_and_position_bias():
     # p1: X preferred in both orders = win; p2: Y in both = loss; p3: "a" twice = inconsistent = tie;
     # p4: win; p5: an unreadable verdict = tie
     forward, backward = ["a", "b", "a", "a", None], ["b", "a", "a", "b", "b"]
-    assert [outcome(f, b) for f, b in zip(forward, backward)] == ["win", "loss", "tie", "win", "tie"]
+    assert [outcome(f, b) for f, b in zip(forward, backward, strict=True)] == ["win", "loss", "tie", "win", "tie"]
     records = [{"outcome": outcome(f, b), "soft_preference": None, "forward": {"verdict": f},
-                "backward": {"verdict": b}} for f, b in zip(forward, backward)]
+                "backward": {"verdict": b}} for f, b in zip(forward, backward, strict=True)]
     result = head_to_head.summarise(records, samples=200, seed=0)
     assert (result["win"], result["tie"], result["loss"]) == (2, 2, 1)
     assert result["win_rate"]["value"] == pytest.approx((2 + 1) / 5)
@@ -214,8 +214,8 @@ def test_judge_free_accuracies_on_two_tiny_models_by_hand(tiny_backend):
         pairs = [(v[i], v[j]) for v in values for i in range(len(v)) for j in range(i + 1, len(v))]
         return sum(a > b for a, b in pairs) / len(pairs)
 
-    normalised = [[lp / n for lp, n in zip(r["logps"], r["tokens"])] for r in rows["trained"]]
-    implicit = [[a - b for a, b in zip(r["logps"], q["logps"])] for r, q in zip(rows["trained"], rows["start"])]
+    normalised = [[lp / n for lp, n in zip(r["logps"], r["tokens"], strict=True)] for r in rows["trained"]]
+    implicit = [[a - b for a, b in zip(r["logps"], q["logps"], strict=True)] for r, q in zip(rows["trained"], rows["start"], strict=True)]
     from selfreward.evaluation.agreement import accuracy as agreement, pair_count
 
     by_length = human_preference.normalised(rows["trained"])

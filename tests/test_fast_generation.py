@@ -22,7 +22,7 @@ def test_greedy_tokens_identical_to_generate(tiny_backend):
     reference = backend.model.generate(**batch, max_new_tokens=16, do_sample=False, eos_token_id=[-1],
                                        pad_token_id=backend.tokenizer.pad_token_id)[:, batch["input_ids"].shape[1]:]
     fast.stop_ids = [-1]  # no stops: compare every position
-    rows = [ids[mask == 1].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    rows = [ids[mask == 1].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
     ours = fast._decode(rows, 1, 0.0, 1.0, 16, None, None, None)
     assert [c.text for c in ours] == [fast._completion(r).text for r in reference.tolist()]
     assert [c.num_tokens for c in ours] == [16] * len(PROMPTS)
@@ -76,7 +76,7 @@ def test_reading_in_the_same_pass_equals_a_forward_over_the_kept_tokens_and_the_
     suffix = backend.tokenizer("\nScore:", add_special_tokens=False).input_ids
     options = fast.option_token_ids("\nScore:", SCORE_OPTIONS)[1]
     cut_somewhere = False
-    for prompt, pair in zip(prompts, completions):
+    for prompt, pair in zip(prompts, completions, strict=True):
         for c in pair:
             text = backend.tokenizer.decode(c.kept_ids, skip_special_tokens=True).rstrip()
             fewer = backend.tokenizer.decode(c.kept_ids[:-1], skip_special_tokens=True).rstrip()
@@ -256,6 +256,7 @@ def test_blocked_attention_equals_sdpa_with_padding_windows_and_a_cache(monkeypa
     values, with left and right padding, sliding windows and a cache in front; outside the block, and with
     gradients on, the model attends as before."""
     from transformers.integrations import sdpa_attention
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     model, window, block = tiny_gemma3(window=8), 8, 4
     spans, real = [], sdpa_attention.sdpa_attention_forward
@@ -287,6 +288,7 @@ def test_blocked_attention_equals_sdpa_with_padding_windows_and_a_cache(monkeypa
             assert model.config._attn_implementation.startswith("selfreward_blocked")
             blocked = run(prefix)
         assert model.config._attn_implementation == "sdpa"
+        assert not [name for name in ALL_ATTENTION_FUNCTIONS if name.startswith("selfreward")]  # known inside only
         seen = mask[:, prefix:] == 1
         torch.testing.assert_close(blocked[seen], expected[seen], rtol=1e-5, atol=1e-5)
         long = [(sliding, q, k) for sliding, q, k in spans if q <= block and k > 0]

@@ -105,8 +105,9 @@ def test_params_file_that_is_not_utf8(tmp_path):
 def test_out_that_is_a_file_or_not_writable(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    for out, reason in [(blocker, "File exists"), (blocker / "sub", "Not a directory"),
-                        (Path("/proc/selfreward-test"), "No such file or directory")]:
+    result = cli("run", str(REPO / "params" / "tiny.yaml"), "--out", str(blocker))
+    assert (result.returncode, last_line(result)) == (2, f"selfreward: error: --out {blocker}: is a file, not a folder")
+    for out, reason in [(blocker / "sub", "Not a directory"), (Path("/proc/selfreward-test"), "No such file or directory")]:
         result = cli("run", str(REPO / "params" / "tiny.yaml"), "--out", str(out))
         assert result.returncode == 2, result.stderr
         assert last_line(result) == f"selfreward: error: --out {out}: cannot write there ({reason})"
@@ -139,10 +140,12 @@ def test_cuda_without_a_gpu_and_missing_models_fail_before_the_first_stage(tmp_p
     assert not (tmp_path / "tiny").exists()  # refused before anything was written
 
 
-def test_unknown_stage_for_force():
-    result = cli("run", str(REPO / "params" / "tiny.yaml"), "--out", "/tmp/never-written", "--force", "m9")
-    assert result.returncode == 1
-    assert last_line(result).startswith("selfreward: error: unknown stage 'm9'; this run's stages: data, sft_baseline")
+def test_unknown_stage_for_force_or_only_is_bad_input():
+    for flag in ("--force", "--only", "--from"):
+        result = cli("run", str(REPO / "params" / "tiny.yaml"), "--out", "/tmp/never-written", flag, "m9")
+        assert result.returncode == 2, flag
+        assert last_line(result).startswith("selfreward: error: unknown stage 'm9'; this run's stages: data, sft_baseline")
+    assert not Path("/tmp/never-written").exists()
 
 
 # ---------------------------------------------------------------- data files
@@ -262,7 +265,7 @@ def test_book_publish_refuses_an_incomplete_run(tiny_run):
     result = run_cli(out, tiny_run[0] / "cache", "--publish", command="book")
     assert result.returncode == 1
     assert last_line(result) == (f"selfreward: error: refusing to publish {out / 'tiny'}: the reference book needs "
-                                 "a complete run (stages not done: reward_model)")
+                                 "a complete, fresh run (failed: reward_model)")
     assert sorted(p.name for p in (REPO / "book" / "run").iterdir()) == before
 
 
@@ -353,8 +356,220 @@ def test_reuse_takes_the_finished_stages_of_another_run(tiny_run, tmp_path):
     assert "data, sft_baseline, eft, m1, iteration_1, iteration_2, responses" in reused and "lengths" not in reused
     assert "[mt_bench] unchanged, skipped" in result.stdout and "[lengths] running" in result.stdout
     manifest = json.loads((tmp_path / "fresh" / "tiny" / "manifest.json").read_text())
-    assert manifest["stages"]["m1"]["reused_from"] == str((source / "tiny").resolve())
+    assert manifest["stages"]["m1"]["reused_from"] == "../../source/tiny"  # relative: no machine path in a book
     assert (tmp_path / "fresh" / "tiny" / "models" / "m1" / "model.safetensors").stat().st_nlink >= 2
     assert "reused_from" not in manifest["stages"]["lengths"]
     missing = run_cli(tmp_path / "other", root / "cache", "--no-book", "--reuse", str(tmp_path / "nowhere"))
-    assert missing.returncode == 1 and "--reuse" in missing.stderr.strip().splitlines()[-1]
+    assert (missing.returncode, last_line(missing)) == (2, f"selfreward: error: --reuse {tmp_path / 'nowhere'}: not a run "
+                                                           "folder (no manifest.json)")
+
+
+# ---------------------------------------------------------------- runs that fail: only their own record changes
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (from /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_kernel_ends_its_stage_within_seconds(tiny_run):
+    """What the out-of-memory killer does to a stage's kernel: the run ends within seconds, the stage is failed
+    with one line saying so (what it was doing, its memory settings), the lock is released, exit 1."""
+    out = copy_run(tiny_run, "dead-kernel")
+    log = (out / "run.log").open("w")
+    run = run_cli(out, tiny_run[0] / "cache", *NO_EVAL, "--force", "m1", background=True, stdout=log, stderr=log)
+    wait_for(lambda: stage_running(out, "m1"))
+    kernels = []
+    wait_for(lambda: kernels.extend(children(run.pid)) or kernels)
+    time.sleep(1)
+    killed = time.time()
+    for pid in kernels:
+        os.kill(pid, signal.SIGKILL)
+    assert run.wait(timeout=60) == 1
+    assert time.time() - killed < 30
+    line = (out / "run.log").read_text().strip().splitlines()[-1]
+    assert line.startswith("selfreward: error: stage m1 stopped: its kernel died (killed, perhaps by the system for "
+                           "lack of memory)")
+    assert "its memory settings: sft.per_device_batch_size 16, sft.max_length 1024" in line
+    entry = manifest(out)["stages"]["m1"]
+    assert entry["status"] == "failed" and entry["error"].startswith("its kernel died")
+    assert not (out / "tiny" / ".lock").exists()
+    assert manifest(out)["stages"]["iteration_1"]["status"] == "done"  # the stages after it keep their records
+
+
+def test_running_out_of_memory_names_the_stage_its_work_and_its_settings(tmp_path):
+    """An allocation that fails (the CPU allocator's message, as papermill reports it) is said in one line with
+    the stage's memory settings and what it was doing."""
+    import nbformat
+    from papermill.exceptions import PapermillExecutionError
+
+    from selfreward.config import load_config
+    from selfreward.run import pipeline
+    from selfreward.run.stages import get
+
+    cfg = load_config(REPO / "params" / "tiny.yaml")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("train()")])
+    notebook.cells[0].outputs = [nbformat.v4.new_output("stream", name="stderr",
+                                                        text="training m2:  25%|##   | 1/4\rtraining m2:  50%|#### | 2/4")]
+    nbformat.write(notebook, tmp_path / "failed.ipynb")
+    err = PapermillExecutionError(0, 1, "", "RuntimeError",
+                                  "[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: not enough memory: "
+                                  "you tried to allocate 2147483648 bytes.", [])
+    message = pipeline.failure(cfg, get(cfg, "iteration_1"), err, tmp_path / "failed.ipynb")
+    assert message.startswith("it ran out of memory while 'training m2:  50%|#### | 2/4' (sft.per_device_batch_size "
+                              "16, sft.max_length 1024, dpo.per_device_batch_size 8, dpo.max_length 1024, "
+                              "generation.batch_size 32): lower them with --set")
+    assert "\n" not in message
+
+
+PLUGIN_RAISING = '''
+from selfreward.evaluation import register
+from selfreward.evaluation.instrument import Instrument
+
+
+@register
+class Broken(Instrument):
+    name = "broken"
+    title = "A plugin instrument that fails"
+    order = 65
+
+    def run(self, cfg, run):
+        raise RuntimeError("the plugin's own bug")
+'''
+
+
+@pytest.mark.slow
+def test_a_failed_stage_changes_only_its_own_record(tiny_run, tmp_path):
+    """An empty data folder fails the data stage; a plugin instrument that raises fails its own stage. Neither
+    touches the records of the stages after it, and a correct run then redoes only what changed."""
+    out = copy_run(tiny_run, "failed-stages")
+    before = manifest(out)["stages"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli(out, tiny_run[0] / "cache", "--no-book", env={"SELFREWARD_DATA_DIR": str(empty)})
+    assert result.returncode == 1 and "stage data stopped: DataError" in last_line(result)
+    after = manifest(out)["stages"]
+    assert after["data"]["status"] == "failed" and (out / "tiny" / "stages" / "data.json").is_file()
+    for name in list(before)[1:]:
+        assert {k: v for k, v in after[name].items() if k != "stale"} == before[name], name
+        assert after[name]["stale"].startswith("made from"), name
+    again = run_cli(out, tiny_run[0] / "cache", "--no-book")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[data] running 01_data.ipynb (its last run failed)" in again.stdout
+    assert all(f"[{name}] unchanged, skipped" in again.stdout for name in list(before)[1:-1])
+    fresh = manifest(out)["stages"]
+    assert not any(entry.get("stale") for entry in fresh.values())
+
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "broken_instrument.py").write_text(PLUGIN_RAISING)
+    env = {"SELFREWARD_INSTRUMENTS": "broken_instrument", "PYTHONPATH": str(plugin)}
+    broken = run_cli(out, tiny_run[0] / "cache", "--no-book", env=env)
+    assert broken.returncode == 1
+    assert last_line(broken).startswith("selfreward: error: stage broken stopped: RuntimeError: the plugin's own bug")
+    stages = manifest(out)["stages"]
+    assert stages["broken"]["status"] == "failed" and stages["lengths"] == fresh["lengths"]
+    assert stages["results"]["status"] == "done" and stages["results"]["stale"] == "made from broken, which is failed"
+
+
+@pytest.mark.slow
+def test_stages_left_behind_by_only_are_stale_and_publish_refuses_them(tiny_run):
+    """`--set dpo.learning_rate=1e-3 --only reward_model` retrains M2 and M3: the stages made from the old models
+    are marked stale (manifest, book, dry run), and the run cannot be published until they re-run."""
+    out = copy_run(tiny_run, "only-stale")
+    result = run_cli(out, tiny_run[0] / "cache", "--set", "dpo.learning_rate=1e-3", "--only", "reward_model")
+    assert result.returncode == 0, result.stderr[-2000:]
+    stages = manifest(out)["stages"]
+    assert not stages["reward_model"].get("stale") and not stages["iteration_2"].get("stale")
+    for name in ("responses", "head_to_head", "reference", "mt_bench", "lengths", "human_preference", "results"):
+        assert stages[name]["stale"], name
+    assert "[stale] made before what they read changed, to be re-run: " in result.stdout
+    book = run_cli(out, tiny_run[0] / "cache", "--set", "dpo.learning_rate=1e-3", command="book")
+    assert book.returncode == 0 and "selfreward: note: the run is not complete and fresh (stale: " in book.stderr
+    assert "Stale:" in (out / "tiny" / "book" / "_build" / "html" / "run" / "lengths.html").read_text()
+    published = run_cli(out, tiny_run[0] / "cache", "--set", "dpo.learning_rate=1e-3", "--publish", command="book")
+    assert published.returncode == 1 and "a complete, fresh run (stale: responses, head_to_head" in last_line(published)
+    dry = run_cli(out, tiny_run[0] / "cache", "--set", "dpo.learning_rate=1e-3", "--dry-run")
+    assert dry.returncode == 0 and "iteration_2       skip  unchanged" in dry.stdout
+    assert "responses         run   its config or inputs changed" in dry.stdout
+
+
+@pytest.mark.slow
+def test_zero_iterations_is_the_sft_baseline_and_m1_with_their_book(tiny_run):
+    out = copy_run(tiny_run, "no-iterations")
+    result = run_cli(out, tiny_run[0] / "cache", "--set", "iterations=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no self-rewarding iteration in this run" in (out / "tiny" / "book" / "_build" / "html" / "run" /
+                                                         "results.html").read_text()
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line(tiny_run, tmp_path):
+    """A run folder that exists but is read-only (as root, a read-only bind mount in a mount namespace)."""
+    folder = tmp_path / "runs" / "tiny"
+    folder.mkdir(parents=True)
+    argv = [sys.executable, "-m", "selfreward.cli", "run", str(REPO / "params" / "tiny.yaml"), "--out",
+            str(tmp_path / "runs")]
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        reason = "Permission denied"
+    elif shutil.which("unshare") and subprocess.run(["unshare", "-m", "true"]).returncode == 0:
+        argv = ["unshare", "-m", "sh", "-c", f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro '
+                f'"{folder}" "{folder}" && exec "$@"', "sh", *argv]
+        reason = "Read-only file system"
+    else:
+        pytest.skip("cannot make a folder read-only for root here")
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO)
+    assert (result.returncode, result.stderr.count("\n")) == (2, 1), result.stderr
+    assert last_line(result) == f"selfreward: error: run folder {folder}: cannot write there ({reason})"
+
+
+@pytest.mark.parametrize("module,source,line", [
+    ("nosuch.module", None, "SELFREWARD_INSTRUMENTS: plugin module 'nosuch.module' cannot be imported "
+                            "(ModuleNotFoundError: No module named 'nosuch')"),
+    ("raising_plugin", "raise ValueError('broken at import\\nsecond line')",
+     "SELFREWARD_INSTRUMENTS: plugin module 'raising_plugin' cannot be imported (ValueError: second line)"),
+])
+def test_a_plugin_that_is_missing_or_fails_is_one_line(tmp_path, module, source, line):
+    if source:
+        (tmp_path / f"{module}.py").write_text(source)
+    result = cli("run", str(REPO / "params" / "tiny.yaml"), "--out", str(tmp_path / "runs"),
+                 env={"SELFREWARD_INSTRUMENTS": module, "PYTHONPATH": str(tmp_path)})
+    assert (result.returncode, result.stderr.count("\n"), last_line(result)) == (2, 1, f"selfreward: error: {line}")
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_messages_name_the_thing(tmp_path):
+    """A params path that is a folder, an empty training file, a corrupt AlpacaEval file: each named."""
+    result = cli("run", str(tmp_path))
+    assert (result.returncode, last_line(result)) == (2, f"selfreward: error: {tmp_path}: is a folder, not a params file")
+    from selfreward.method import data
+
+    corrupt = tmp_path / "alpaca_eval.json"
+    corrupt.write_text('[{"instruction": "unterminated')
+    with pytest.raises(data.DataError) as err:
+        data._json_rows(corrupt, ("instruction",))
+    assert str(err.value) == (f"{corrupt}: not valid JSON (Unterminated string starting at: line 1 column 18 "
+                              "(char 17))")
+
+
+@pytest.mark.slow
+def test_an_empty_training_file_and_a_partly_failed_book_say_so(tiny_run, tmp_path):
+    mirror = tmp_path / "mirror"
+    shutil.copytree(_data_dir(), mirror)
+    (mirror / "oasst" / "train.jsonl").write_text("")
+    out = copy_run(tiny_run, "empty-train")
+    result = run_cli(out, tiny_run[0] / "cache", *NO_EVAL, env={"SELFREWARD_DATA_DIR": str(mirror)})
+    assert result.returncode == 1
+    assert (f"DataError: the IFT seed is empty after filtering {mirror / 'oasst' / 'train.jsonl'} (English"
+            in last_line(result))
+    book = run_cli(out, tiny_run[0] / "cache", *NO_EVAL[1:], command="book")
+    assert book.returncode == 0, book.stderr[-2000:]
+    assert last_line(book).startswith("selfreward: note: the run is not complete and fresh (failed: data; stale: ")

@@ -11,7 +11,7 @@ def test_greedy_batched_generation_matches_unpadded_generate(tiny_backend):
     backend, chat = tiny_backend
     prompts = [chat.prompt(p) for p in PROMPTS]
     batched = backend.generate(prompts, n=1, temperature=0, max_new_tokens=12)
-    for prompt, (completion,) in zip(prompts, batched):
+    for prompt, (completion,) in zip(prompts, batched, strict=True):
         ids = backend.tokenizer(prompt, return_tensors="pt").input_ids
         reference = backend.model.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=backend.stop_ids,
                                            pad_token_id=backend.tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
@@ -46,7 +46,7 @@ def test_option_probs_match_a_plain_forward_pass(tiny_backend):
     backend, chat = tiny_backend
     prefixes = [chat.prompt(p) + "Some reasoning.\nScore:" for p in PROMPTS]
     results = backend.option_probs(prefixes, SCORE_OPTIONS)
-    for prefix, (probs, mass) in zip(prefixes, results):
+    for prefix, (probs, mass) in zip(prefixes, results, strict=True):
         common, option_ids = backend.option_token_ids(prefix, SCORE_OPTIONS)
         with torch.no_grad():
             logits = backend.model(torch.tensor([common])).logits[0, -1].float()
@@ -64,7 +64,7 @@ def test_continuation_logprobs_equal_a_full_forward(tiny_backend, engine):
              (chat.prompt("Sort a list"), chat.completion("No."))]
     results = reader.continuation_logprobs(items)
     truncated = reader.continuation_logprobs(items, max_tokens=2)
-    for (prefix, continuation), (total, count), (short, two) in zip(items, results, truncated):
+    for (prefix, continuation), (total, count), (short, two) in zip(items, results, truncated, strict=True):
         start = len(backend.tokenizer(prefix).input_ids)
         ids = backend.tokenizer(prefix + continuation).input_ids
         with torch.no_grad():

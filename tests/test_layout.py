@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "selfreward"
-FOUNDATION = {"selfreward", "selfreward.config", "selfreward.models", "selfreward.paper", "selfreward.rundir", "selfreward.plugins",
-              "selfreward.io"}
+FOUNDATION = {"selfreward", "selfreward.config", "selfreward.models", "selfreward.paper", "selfreward.rundir",
+              "selfreward.plugins", "selfreward.memory", "selfreward.io"}
 LAYERS = ["foundation", "generation", "method", "evaluation", "run", "cli"]
 
 
@@ -63,3 +63,13 @@ def test_generation_engines_never_import_back_up_and_training_launch_is_one_way(
 def test_every_folder_says_what_it_holds(folder):
     docstring = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text()))
     assert docstring and len(docstring) > 60, folder
+
+
+def test_nothing_reads_a_stage_name_to_learn_what_the_stage_is():
+    """A Stage says its kind, iteration and model; no module or notebook parses `iteration_2` or `variant_x`."""
+    import re
+
+    pattern = re.compile(r"""startswith\(["'](iteration|variant)_|stage\.split\(|stem\.split\(["']_""")
+    sources = list(PACKAGE.rglob("*.py")) + list((PACKAGE.parent / "notebooks").glob("*.ipynb"))
+    found = [str(p.relative_to(PACKAGE.parent)) for p in sources if pattern.search(p.read_text())]
+    assert found == []

@@ -7,7 +7,7 @@ import sys
 import nbformat
 import pytest
 
-from conftest import git_status, run_cli
+from conftest import REPO, git_status, run_cli
 from selfreward import paper
 
 pytestmark = pytest.mark.slow
@@ -29,11 +29,17 @@ def test_tiny_run_produces_every_model_dataset_and_manifest(tiny_run):
         assert entry["notebook"] == f"notebooks/{name}.ipynb"  # named by stage, never renumbered
         # every output is recorded with its size and hash; model weights among them
         assert entry["outputs"] and all(len(r["sha256"]) == 64 for r in entry["outputs"].values())
-        assert f"stages/{name}.json" in entry["outputs"] and entry["notebook"] in entry["outputs"]
+        # its counts are recorded with its outputs; its executed notebook is not (a user may re-run and save it)
+        assert f"stages/{name}.json" in entry["outputs"] and entry["notebook"] not in entry["outputs"]
+        assert entry["kind"] and entry["peak_memory"]["rss_gb"] > 0
         notebook = nbformat.read(run / entry["notebook"], as_version=4)
         outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
         assert outputs and not [o for o in outputs if o.output_type == "error"]
     assert "models/m3/model.safetensors" in manifest["stages"]["iteration_2"]["outputs"]
+    # what each stage was made from: the outputs of the stages it reads, as they were when it ran
+    assert set(manifest["stages"]["iteration_2"]["made_from"]) == {"data", "iteration_1"}
+    assert manifest["stages"]["iteration_2"]["made_from"]["iteration_1"] == manifest_digest(manifest, "iteration_1")
+    assert (manifest["stages"]["iteration_2"]["kind"], manifest["stages"]["iteration_2"]["iteration"]) == ("iteration", 2)
     assert manifest["versions"]["torch"] and manifest["versions"]["trl"]
     assert manifest["stages"]["results"]["status"] == "done"
     assert manifest["stages"]["iteration_1"]["config"]["dpo"]["beta"] == 0.1
@@ -53,6 +59,12 @@ def test_tiny_run_produces_every_model_dataset_and_manifest(tiny_run):
         assert (run / "aift" / f"m{t}" / "positive.jsonl").is_file()
     eft_train = [json.loads(line) for line in (run / "eft" / "eft_train.jsonl").open()]
     assert all(e["response"].rstrip().endswith(f"Score: {e['score']}") for e in eft_train)
+
+
+def manifest_digest(manifest: dict, stage: str) -> str:
+    from selfreward.run.manifest import outputs_digest
+
+    return outputs_digest(manifest["stages"][stage])
 
 
 def test_rerun_skips_unchanged_stages_and_reruns_changed_ones(tiny_run):
@@ -88,11 +100,12 @@ def test_only_runs_a_stage_and_what_it_needs_and_leaves_the_rest(tiny_run):
         assert f"[{name}]" not in result.stdout  # not needed: neither run nor skipped
     after = json.loads((out / "tiny" / "manifest.json").read_text())["stages"]
     assert list(after) == STAGES
-    assert after["head_to_head"] == before["head_to_head"]  # left as it was, to be re-run by a whole run
+    # left as it was, to be re-run by a whole run, and marked stale: it was made from the models before
+    assert after["head_to_head"] == {**before["head_to_head"], "stale": "made before iteration_1 changed"}
     assert after["iteration_1"]["config"]["dpo"]["beta"] == 0.2
     assert not (out / "tiny" / "book").exists()  # a partial run builds no book
     unknown = run_cli(out, root / "cache", "--only", "ablation")
-    assert unknown.returncode == 1
+    assert unknown.returncode == 2
     assert unknown.stderr.strip().splitlines()[-1].startswith("selfreward: error: unknown stage 'ablation'")
 
 
@@ -108,7 +121,9 @@ def test_a_profile_without_eft_examples_stops_cleanly(tiny_run):
     manifest = json.loads((out / "tiny" / "manifest.json").read_text())
     assert manifest["stages"]["sft_baseline"]["status"] == "done"
     assert manifest["stages"]["eft"]["status"] == "failed" and "no EFT example" in manifest["stages"]["eft"]["error"]
-    assert manifest["stages"]["m1"] == {"status": "pending"}
+    # the stages after it keep their records (a failure changes only its own), marked stale
+    assert manifest["stages"]["m1"]["status"] == "done" and manifest["stages"]["m1"]["stale"] == \
+        "made from eft, which is failed"
     assert (out / "tiny" / "models" / "sft_baseline" / "config.json").is_file()  # earlier work kept
     assert (out / "tiny" / manifest["stages"]["eft"]["notebook"]).is_file()
 
@@ -328,3 +343,161 @@ def test_a_new_instrument_is_one_module(tiny_run, tmp_path):
     assert comparison.returncode == 0, comparison.stderr[-2000:]
     assert "toy m3: answers with a digit %" in (tmp_path / "comparison" / "_build" / "html" / "comparison.html").read_text()
     assert git_status(".") == before
+
+
+# ---------------------------------------------------------------- a stage notebook re-run by hand
+
+def notebook_by_hand(path, overrides: str | None = None):
+    """As a user in Jupyter: the notebook's injected overrides edited, then its cells run with nbclient from the
+    notebook's own folder; returns the executed notebook (raises CellExecutionError on an error)."""
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    if overrides is not None:
+        cell = next(c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", []))
+        cell.source = cell.source.replace("overrides = {}", f"overrides = {overrides}")
+    NotebookClient(notebook, kernel_name="selfreward", timeout=600,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    nbformat.write(notebook, path)
+    return notebook
+
+
+def weights_md5(path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_executed_notebooks_hold_readable_parameters_and_no_machine_path(tiny_run):
+    root, _, _ = tiny_run
+    run = root / "runs" / "tiny"
+    for path in (run / "notebooks").glob("*.ipynb"):
+        notebook = nbformat.read(path, as_version=4)
+        injected = next(c for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert injected.source == (f'# Parameters\nparams_file = "params/tiny.yaml"\noverrides = {{}}\nrun_dir = ".."\n'
+                                   f'stage = "{path.stem}"\n'), path.name
+        text = path.read_text()
+        assert str(root) not in text and str(REPO) not in text and "/tmp/" not in text, path.name
+    tables = [o for c in nbformat.read(run / "notebooks" / "iteration_1.ipynb", as_version=4).cells
+              for o in c.get("outputs", []) if "text/html" in o.get("data", {})]
+    assert "dpo.beta" in tables[0]["data"]["text/html"]  # the stage's resolved config, shown as a table
+
+
+def test_a_stage_notebook_rerun_with_a_changed_parameter_is_one_recorded_experiment(tiny_run, tmp_path):
+    """Changing dpo.beta in iteration_2's notebook and re-running its cells retrains M3 as a pipeline action:
+    the manifest records the override as a tweak with the new fingerprint and config, what no longer follows is
+    stale, `--dry-run` says what would run, and the next `selfreward run` keeps the tweak, says so, and brings
+    the rest up to date."""
+    root, _, _ = tiny_run
+    out = tmp_path / "runs"
+    shutil.copytree(root / "runs", out, ignore=shutil.ignore_patterns("book"))
+    run = out / "tiny"
+    before, m3 = json.loads((run / "manifest.json").read_text()), weights_md5(run / "models" / "m3" / "model.safetensors")
+    notebook_by_hand(run / "notebooks" / "iteration_2.ipynb", '{"dpo.beta": 0.3}')
+    after = json.loads((run / "manifest.json").read_text())
+    assert after["overrides"] == {"dpo.beta": 0.3}
+    assert after["tweaks"]["dpo.beta"]["value"] == 0.3
+    assert after["tweaks"]["dpo.beta"]["notebook"] == "notebooks/iteration_2.ipynb"
+    assert after["config"]["dpo"]["beta"] == 0.3 and "beta: 0.3" in (run / "config.yaml").read_text()
+    stage = after["stages"]["iteration_2"]
+    assert stage["status"] == "done" and stage["config"]["dpo"]["beta"] == 0.3
+    assert stage["fingerprint"] != before["stages"]["iteration_2"]["fingerprint"] and stage["finished"] > \
+        before["stages"]["iteration_2"]["finished"]
+    assert weights_md5(run / "models" / "m3" / "model.safetensors") != m3  # M3 retrained
+    # dpo.beta is the whole run's: M2's training read it too (so M3 now starts from a stale M2), and everything
+    # after M3 was made from the old one
+    assert after["stages"]["iteration_1"]["stale"] == "its config changed since it ran"
+    assert stage["stale"] == "made from iteration_1, which is stale"
+    for name in ("responses", "head_to_head", "reward_model", "lengths", "results"):
+        assert after["stages"][name]["stale"].startswith("made "), name
+    assert not after["stages"]["m1"].get("stale")
+    dry = run_cli(out, root / "cache", "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "[tweaks] keeping dpo.beta=0.3 (set in notebooks/iteration_2.ipynb" in dry.stdout
+    assert "iteration_1       run   its config or inputs changed" in dry.stdout
+    assert "iteration_2       run   if iteration_1 changes when re-run" in dry.stdout
+    assert "m1                skip  unchanged" in dry.stdout
+    assert json.loads((run / "manifest.json").read_text()) == after  # a dry run writes nothing
+    again = run_cli(out, root / "cache", "--no-book")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "[tweaks] keeping dpo.beta=0.3" in again.stdout and "[m1] unchanged, skipped" in again.stdout
+    assert "[iteration_1] running 05_iteration.ipynb (its config or inputs changed)" in again.stdout
+    final = json.loads((run / "manifest.json").read_text())
+    assert final["config"]["dpo"]["beta"] == 0.3 and final["overrides"] == {"dpo.beta": 0.3}
+    assert not any(entry.get("stale") for entry in final["stages"].values())
+    replaced = run_cli(out, root / "cache", "--no-book", "--set", "dpo.beta=0.1", "--only", "iteration_1")
+    assert "[tweaks] dpo.beta=0.1 from the command line replaces dpo.beta=0.3" in replaced.stdout
+    assert json.loads((run / "manifest.json").read_text())["tweaks"] == {}
+
+
+def test_a_notebook_rerun_that_cannot_run_writes_nothing(tiny_run, tmp_path):
+    """An unknown key or a bad value in a notebook's overrides is the same one line as --set; a run folder held by
+    another run is refused with the holder's PID; neither writes anything."""
+    from nbclient.exceptions import CellExecutionError
+
+    from selfreward.run.records import locked
+    from selfreward.rundir import RunDir
+
+    root, _, _ = tiny_run
+    out = tmp_path / "runs"
+    shutil.copytree(root / "runs", out, ignore=shutil.ignore_patterns("book"))
+    run = out / "tiny"
+    before = (run / "manifest.json").read_text()
+    for overrides, line in [('{"dpo.betta": 0.3}', "dpo.betta: unknown key (known: batch_size, beta"),
+                            ('{"dpo.beta": -1}', "dpo.beta: must be > 0")]:
+        with pytest.raises(CellExecutionError) as err:
+            notebook_by_hand(run / "notebooks" / "lengths.ipynb", overrides)
+        assert err.value.ename == "ConfigError" and line in err.value.evalue
+    with locked(RunDir(run)):
+        with pytest.raises(CellExecutionError) as err:
+            notebook_by_hand(run / "notebooks" / "lengths.ipynb")
+    assert err.value.ename == "RunFolderBusy"
+    assert f"run folder {run.resolve()} is in use by PID {__import__('os').getpid()} " in err.value.evalue
+    assert (run / "manifest.json").read_text() == before
+
+
+def test_a_moved_run_folder_still_opens(tiny_run, tmp_path):
+    root, _, _ = tiny_run
+    moved = tmp_path / "elsewhere" / "deeper"
+    shutil.copytree(root / "runs" / "tiny", moved / "tiny", ignore=shutil.ignore_patterns("book"))
+    executed = notebook_by_hand(moved / "tiny" / "notebooks" / "lengths.ipynb")
+    assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    entry = json.loads((moved / "tiny" / "manifest.json").read_text())["stages"]["lengths"]
+    assert entry["status"] == "done" and (moved / "tiny" / "eval" / "lengths.json").is_file()
+
+
+def test_selfreward_lab_serves_the_run_notebooks(tiny_run, tmp_path):
+    """`selfreward lab RUN`: a real JupyterLab server answers on localhost with the run's stage notebooks and the
+    selfreward kernel, then stops."""
+    import os
+    import socket
+    import time
+    import urllib.request
+
+    root, _, _ = tiny_run
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = "selfreward-test-token"
+    env = dict(os.environ, JUPYTER_TOKEN=token, JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    server = subprocess.Popen([sys.executable, "-m", "selfreward.cli", "lab", str(root / "runs" / "tiny"), "--port",
+                               str(port), "--no-browser"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, listing = time.time() + 90, None
+        while time.time() < deadline and listing is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents?token={token}", timeout=5) as reply:
+                    listing = json.loads(reply.read())
+            except OSError:
+                time.sleep(1)
+        assert listing is not None, "the server did not answer"
+        names = {item["name"] for item in listing["content"]}
+        assert {"iteration_1.ipynb", "results.ipynb", "data.ipynb"} <= names
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs?token={token}", timeout=10) as reply:
+            specs = json.loads(reply.read())
+        assert specs["default"] == "selfreward" and "selfreward" in specs["kernelspecs"]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert server.returncode is not None

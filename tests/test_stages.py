@@ -33,7 +33,7 @@ def test_the_positive_only_variant_adds_the_positives_to_the_sft_data(tiny_model
     assert start == tiny_model_dir and rows == ift + eft + positives  # from M0, on seed data and positives
     assert summary["steps"] == 2 and summary["examples_trained"] == 9 and summary["positive_examples_trained"] == 4
     before, after = load_model(tiny_model_dir, "float32", "cpu"), load_model(str(run.model("m2")), "float32", "cpu")
-    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values(), strict=True))
 
 
 def test_iteration_stages_read_the_aift_and_training_sections():

@@ -63,16 +63,16 @@ def test_sft_loss_covers_response_tokens_only(tiny_model_dir, tmp_path):
     tokenizer = trainer.processing_class
     ids = row["input_ids"]
     mask = [label != -100 for label in row["labels"]]  # -100 = ignored by the loss
-    trained = tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    trained = tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
     assert trained == "Paris.<end_of_turn><eos>"  # the response, its end of turn and EOS
-    assert "capital of France" in tokenizer.decode([i for i, m in zip(ids, mask) if not m])
+    assert "capital of France" in tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if not m])
 
 
 def _batch(tokenizer, texts, prompt_chars):
     """Right-padded token ids with labels on everything after the first `prompt_chars` characters."""
     encoded = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
     labels = encoded.input_ids.clone()
-    for row, (text, chars) in enumerate(zip(texts, prompt_chars)):
+    for row, (text, chars) in enumerate(zip(texts, prompt_chars, strict=True)):
         labels[row, :len(tokenizer(text[:chars]).input_ids)] = -100
     labels[encoded.attention_mask == 0] = -100
     return encoded.input_ids, encoded.attention_mask, labels
@@ -150,7 +150,7 @@ def test_selected_logprobs_gradients_equal_autograds(cap, recompute, monkeypatch
         values = function(h, w)
         (values.double() * upstream).sum().backward()
         grads.append((values.double().detach(), h.grad, w.grad))
-    for expected, ours in zip(*grads):
+    for expected, ours in zip(*grads, strict=True):
         torch.testing.assert_close(ours, expected)
 
 
@@ -265,5 +265,5 @@ def test_checkpoints_become_model_folders_on_the_cpu(tiny_model_dir, tmp_path):
                            load_model(tiny_model_dir, "float32", "cpu").model.layers[0].self_attn.q_proj.weight)
     materialize_checkpoint(str(tmp_path / "merged"), tiny_model_dir, tmp_path / "copied", cuda)
     copied = load_model(str(tmp_path / "copied"), "float32", "cpu")
-    assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), copied.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(merged.state_dict().values(), copied.state_dict().values(), strict=True))
     assert (tmp_path / "copied" / "tokenizer_config.json").is_file()

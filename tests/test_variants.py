@@ -80,7 +80,7 @@ def test_pairs_follow_the_section_and_carry_consistency_weights():
 def test_implicit_rewards_rank_by_the_log_ratio_to_the_reference():
     rewards = implicit_rewards([-10.0, -12.0, -30.0], [-11.0, -20.0, -25.0])
     assert rewards == [1.0, 8.0, -5.0]
-    scored = [candidate(r, s) for r, s in zip(["a", "b", "c"], rewards)]
+    scored = [candidate(r, s) for r, s in zip(["a", "b", "c"], rewards, strict=True)]
     chosen, rejected = best_and_worst(scored)
     assert (chosen["response"], rejected["response"]) == ("b", "c")
 

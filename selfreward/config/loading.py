@@ -1,5 +1,6 @@
-"""Loading params: YAML recipes (a key given twice is an error), `--set key=value` overrides, and each
-value checked against its field's type hint; the built Config is validated once (`from_dict`)."""
+"""Loading params: YAML recipes (a key given twice is an error; `extends:` names the profile a recipe builds
+on), `--set key=value` overrides, and each value checked against its field's type hint; the built Config is
+validated once (`from_dict`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,12 @@ import yaml
 from selfreward.config.schema import Config, ConfigError, build
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `key.sub=value` strings (values parsed as YAML) to a nested dict."""
+def override_mapping(overrides: list[str] | dict) -> dict:
+    """`--set` strings (`key.sub=value`, values parsed as YAML) as a mapping of dotted keys to values, in order
+    (a key given twice keeps its last value); a mapping is returned as it is."""
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    found = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item}: expected key=value")
@@ -19,6 +24,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
+        found.pop(dotted.strip(), None)
+        found[dotted.strip()] = value
+    return found
+
+
+def apply_overrides(data: dict, overrides: list[str] | dict) -> dict:
+    """Apply overrides (`key.sub=value` strings, or a mapping of dotted keys to values) to a nested dict."""
+    for dotted, value in override_mapping(overrides).items():
         node = data
         parts = dotted.strip().split(".")
         for part in parts[:-1]:
@@ -40,10 +53,22 @@ def from_dict(data: dict, source: str = "params") -> Config:
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path, overrides: list[str] | dict | None = None) -> Config:
+    """The validated Config of a params file (with the profile it `extends`) and `--set` overrides (strings
+    `key.sub=value`, or a mapping of dotted keys to values)."""
+    return from_dict(apply_overrides(load_params(path), overrides or []), str(path))
+
+
+def load_params(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A params file as one mapping: `extends: other.yaml` (relative to the file) names the profile it builds
+    on, whose values it overrides section by section (a mapping merges, anything else is replaced)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a params file")
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: extends itself (through {' -> '.join(p.name for p in seen)})")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except UnicodeDecodeError:
@@ -56,7 +81,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return from_dict(apply_overrides(data, overrides or []), str(path))
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: extends: expected the name of a params file, got {base!r}")
+    return merged(load_params(path.parent / base, seen + (path.resolve(),)), data)
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` over it: mappings merge key by key, anything else is replaced."""
+    result = dict(base)
+    for key, value in changes.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) \
+            else value
+    return result
 
 
 class _DuplicateKey(yaml.YAMLError):

@@ -25,6 +25,9 @@ WHEN_SET = {"fingerprint": "when set"}  # field metadata: an option fingerprinte
 class ConfigError(ValueError):
     """A params file or override that cannot be used; the message is one line."""
 
+    def _render_traceback_(self):  # in a notebook (IPython), the same one line as on the command line
+        return [f"selfreward: error: {self}"]
+
 
 @dataclass
 class ModelConfig:

@@ -45,7 +45,7 @@ def prompt_stats(prompt: dict) -> dict:
     scores, ranks = prompt["scores"], prompt["ranks"]
     correct, tied, total = pair_outcomes(scores, ranks)
     rounded = [math.floor(s + 0.5) for s in scores if s is not None]
-    fives = [r for s, r in zip(scores, ranks) if s is not None and math.floor(s + 0.5) == 5]
+    fives = [r for s, r in zip(scores, ranks, strict=True) if s is not None and math.floor(s + 0.5) == 5]
     return {"correct": correct, "tied": tied, "pairs": total, "five": len(fives),
             "five_best": sum(r == 0 for r in fives), "match": orders_as_humans(scores, ranks),
             "spearman": correlation(scores, ranks, "spearman"), "kendall": correlation(scores, ranks, "kendall"),

@@ -48,7 +48,7 @@ def _verdict(reasons: list[str], readable: bool, stats: dict) -> Health:
 def pairwise(forward: list, backward: list) -> Health:
     """Verdicts 'a' / 'b' / None with X in slot a (forward) and in slot b (backward), prompt by prompt."""
     readable = [v for v in forward + backward if v is not None]
-    consistent = sum((f, b) in (("a", "b"), ("b", "a")) for f, b in zip(forward, backward))
+    consistent = sum((f, b) in (("a", "b"), ("b", "a")) for f, b in zip(forward, backward, strict=True))
     first_slot = readable.count("a") / len(readable) if readable else None
     consistency = consistent / len(forward) if forward else None
     unreadable = 1 - len(readable) / (len(forward) + len(backward)) if forward else None

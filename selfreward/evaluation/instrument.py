@@ -65,7 +65,7 @@ class Difference:
 def model_steps(names: list[str]) -> list[tuple[str, str]]:
     """The comparisons along the model sequence: SFT baseline -> M1, each M_t -> M_{t+1}, and M1 -> the last
     model when there are two iterations or more."""
-    steps = list(zip(names, names[1:]))  # (consecutive pairs: zip stops at the shorter on purpose)
+    steps = list(zip(names, names[1:], strict=False))  # consecutive pairs: one fewer than the names
     if len(names) >= 4:
         steps.append((names[1], names[-1]))
     return steps

@@ -73,9 +73,9 @@ class Backend:
         """n completions of each prompt; with a `Reading`, each also carries its option probabilities."""
         results = self._generate(prompts, n, temperature, top_p, max_new_tokens, seed, desc, stop_strings, reading)
         if reading is not None and not self.reads_while_generating:
-            flat = [(prompt, c) for prompt, cs in zip(prompts, results) for c in cs]
+            flat = [(prompt, c) for prompt, cs in zip(prompts, results, strict=True) for c in cs]
             prefixes = [f"{prompt}{reading.kept_text(c.text)}{reading.suffix}" for prompt, c in flat]
-            for (_, c), (probs, mass) in zip(flat, self.option_probs(prefixes, reading.options)):
+            for (_, c), (probs, mass) in zip(flat, self.option_probs(prefixes, reading.options), strict=True):
                 c.probs, c.option_mass = probs, mass
         return results
 

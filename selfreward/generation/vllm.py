@@ -153,14 +153,14 @@ class VLLMBackend(Backend):
         prompts = [{"prompt_token_ids": ids} for ids, _ in rows]
         params = [self._vllm.SamplingParams(**option_kwargs(option_ids)) for _, option_ids in rows]
         outputs = self._run(prompts, params, "reading scores")
-        return [read_options(o.outputs[0].logprobs[0], option_ids) for o, (_, option_ids) in zip(outputs, rows)]
+        return [read_options(o.outputs[0].logprobs[0], option_ids) for o, (_, option_ids) in zip(outputs, rows, strict=True)]
 
     def continuation_logprobs(self, items: list[tuple[str, str]], max_tokens: int = 0,
                               desc: str = "log-likelihoods") -> list[tuple[float, int]]:
         rows = self.continuation_rows(items, max_tokens)
         outputs = self._run([{"prompt_token_ids": ids} for ids, _ in rows],
                             self._vllm.SamplingParams(**scoring_kwargs()), desc)
-        return [continuation_sum(o.prompt_logprobs, ids, boundary) for o, (ids, boundary) in zip(outputs, rows)]
+        return [continuation_sum(o.prompt_logprobs, ids, boundary) for o, (ids, boundary) in zip(outputs, rows, strict=True)]
 
     def release(self):
         """Shut the engine down (its worker processes and their GPU memory) before the next model or

@@ -39,16 +39,35 @@ OASST_FIELDS = ("message_id", "parent_id", "role", "text")
 
 
 def source_identity(data_cfg) -> str:
-    """Where the data comes from, for the data stage's fingerprint: the mirror's folder and the hash of
-    each of its files, or the hub ids."""
+    """Where the data comes from, for the data stage's fingerprint: the hash of each of the mirror's files
+    (wherever the mirror lies), or the hub ids."""
     root = local_dir(data_cfg)
     if root is None:
         return f"hub:{data_cfg.oasst_hub_id},{data_cfg.alpaca_eval_hub_id}"
-    parts = [str(root.resolve())]
+    parts = ["mirror"]
     for name in MIRROR_FILES:
         path = root / name
         parts.append(hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "absent")
     return "|".join(parts)
+
+
+def source_of(data_cfg, name: str) -> str:
+    """Where one data set is read from, for a message: the mirror's file, or the hub id and split."""
+    root = local_dir(data_cfg)
+    hub = {"oasst/train.jsonl": f"{data_cfg.oasst_hub_id} (train)",
+           "oasst/validation.jsonl": f"{data_cfg.oasst_hub_id} (validation)",
+           "eval/alpaca_eval.json": data_cfg.alpaca_eval_hub_id}
+    return str(root / name) if root is not None else hub.get(name, name)
+
+
+def source_label(data_cfg) -> str:
+    """The data source as a chapter shows it: the mirror's folder name and a hash of its contents (no machine
+    path), or the hub ids."""
+    root = local_dir(data_cfg)
+    if root is None:
+        return f"Hugging Face hub: {data_cfg.oasst_hub_id}, {data_cfg.alpaca_eval_hub_id}"
+    digest = hashlib.sha256(source_identity(data_cfg).encode()).hexdigest()[:12]
+    return f"offline mirror {root.name}/ (contents {digest})"
 
 
 def read_jsonl_rows(path: Path, required: tuple[str, ...] = ()) -> list[dict]:
@@ -142,8 +161,7 @@ def _json_rows(path: Path, required: tuple[str, ...]) -> list[dict]:
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text") from None
     except ValueError as err:
-        raise DataError(f"{path}: not valid JSON ({getattr(err, 'msg', err)} at line {getattr(err, 'lineno', '?')})") \
-            from None
+        raise DataError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(rows, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(rows).__name__}")
     for number, row in enumerate(rows, start=1):

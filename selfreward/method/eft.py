@@ -3,7 +3,7 @@
 The SFT baseline judges every ranked reply of a training prompt k times (`self_judge.ranked_rows`, the
 same rows the reward-model evaluation reads). Each EFT example teaches one judgment: its reasoning
 and an integer "Score: n". A prompt is kept only when its replies can be taught judgments whose
-*written* scores agree with the humans (`metrics.orders_as_humans`): for every two replies with
+*written* scores agree with the humans (`method.ranks.orders_as_humans`): for every two replies with
 different human ranks, the better-ranked one is taught the strictly higher score. For each reply the
 judgment is one of its own readable samples, preferring those nearest its mean score; so two replies
 the humans ranked apart are never both taught "Score: 4".
@@ -67,7 +67,7 @@ def build_eft(threads: list[dict], rows: list[dict], template: str) -> tuple[lis
         taught = teachable_judgments(row["results"], row["ranks"]) if len(row["ranks"]) >= 2 else None
         records.append({**row, "agrees": taught is not None,
                         "taught_scores": [score for _, score in taught] if taught else None})
-        for reply, (text, score) in zip(thread["replies"], taught or []):
+        for reply, (text, score) in zip(thread["replies"], taught or [], strict=taught is not None):
             examples.append({"prompt": judge.prompt(thread["prompt"], reply["text"]),
                              "response": judge.target(text, score), "score": score,
                              "rank": reply["rank"], "prompt_id": thread["prompt_id"]})

@@ -60,7 +60,7 @@ class LocalJudge:
         first = self.backend.option_probs(prefixes, digits)
         after_one = self.backend.option_probs([p + "1" for p in prefixes], ["0", "]"])
         result = []
-        for (f, _), (a, _) in zip(first, after_one):
+        for (f, _), (a, _) in zip(first, after_one, strict=True):
             if f is None or a is None:
                 result.append(None)
                 continue
@@ -151,7 +151,7 @@ def both_orders(judge, instructions: list[str], responses: dict[str, list[str]],
     a local judge prefills each instruction and each first output once for all the pairs that share them."""
     wanted = sorted({(i, a, b) for x, y in pairs for a, b in [(x, y), (y, x)] for i in range(len(instructions))})
     verdicts = dict(zip(wanted, judge.verdicts([(instructions[i], responses[a][i], responses[b][i])
-                                                for i, a, b in wanted])))
+                                                for i, a, b in wanted]), strict=True))
     results = {}
     for x, y in pairs:
         records = []

@@ -41,17 +41,20 @@ def run_data(cfg: Config, run: RunDir) -> dict:
     data.check_reference_generator(alpaca, d.alpaca_eval_generator, str(data.local_dir(d) or d.alpaca_eval_hub_id))
     heldout, eval_prompts = data.heldout_and_eval(alpaca, d.eval_prompts, cfg.seed, exclude={t["prompt"] for t in train})
     mt_bench = data.mt_bench_order(data.load_mt_bench(d), cfg.seed)
-    for name, rows in [("IFT seed", ift), ("EFT source", eft_source), ("reward-model eval set", rm_eval),
-                       ("eval prompts", eval_prompts)]:
+    for name, rows, source in [("IFT seed", ift, "oasst/train.jsonl"), ("EFT source", eft_source, "oasst/train.jsonl"),
+                               ("reward-model eval set", rm_eval, "oasst/validation.jsonl"),
+                               ("eval prompts", eval_prompts, "eval/alpaca_eval.json")]:
         if not rows:
-            raise data.DataError(f"the {name} is empty after filtering")
+            raise data.DataError(f"the {name} is empty after filtering {data.source_of(d, source)} (English, reviewed, "
+                                 "first-turn prompts with their replies, within data.max_prompt_chars and "
+                                 "max_response_chars)")
     write_jsonl(run.ift, ift)
     write_jsonl(run.eft_source, eft_source)
     write_jsonl(run.rm_eval, rm_eval)
     write_jsonl(run.eval_prompts, eval_prompts)
     write_jsonl(run.heldout_prompts, heldout)
     write_jsonl(run.mt_bench_questions, mt_bench)
-    return {"source": str(data.local_dir(d) or d.oasst_hub_id),
+    return {"source": data.source_label(d),
             "train_prompts": len(train), "ift": len(ift), "eft_source_prompts": len(eft_source),
             "eft_ift_overlap": data.overlap(eft_source, ift),
             "eft_source_replies": sum(len(t["replies"]) for t in eft_source),

@@ -44,7 +44,7 @@ def sample_candidates(backend, chat, prompts: list[str], candidates_cfg, seed: i
                                temperature=candidates_cfg.temperature, top_p=candidates_cfg.top_p,
                                max_new_tokens=candidates_cfg.max_new_tokens, seed=seed, desc="candidates")
     return [{"prompt": prompt, "candidates": [{"response": c.text, "num_tokens": c.num_tokens, "finished": c.finished}
-                                              for c in completions]} for prompt, completions in zip(prompts, outputs)]
+                                              for c in completions]} for prompt, completions in zip(prompts, outputs, strict=True)]
 
 
 def judge_candidates(backend, chat, records: list[dict], judge_cfg, seed: int, desc: str = "self-judging") -> list[dict]:
@@ -52,7 +52,7 @@ def judge_candidates(backend, chat, records: list[dict], judge_cfg, seed: int, d
     judged = score_groups(backend, chat, [(r["prompt"], [c["response"] for c in r["candidates"]]) for r in records],
                           judge_cfg, seed=seed, desc=desc)
     return [{**r, "candidates": [{**c, "score": result.score, "judge": result.to_dict()}
-                                 for c, result in zip(r["candidates"], results)]} for r, results in zip(records, judged)]
+                                 for c, result in zip(r["candidates"], results, strict=True)]} for r, results in zip(records, judged, strict=True)]
 
 
 def candidates_and_judgments(backend, chat, prompts: list[str], candidates_cfg, judge_cfg, seed: int) -> list[dict]:

@@ -68,7 +68,7 @@ def score_responses(backend, chat, items: list[tuple[str, str]], judge_cfg, seed
     results = []
     for completions in outputs:
         judgments = [Judgment(text=c.text, parsed=template.score(c.text), score=None) for c in completions]
-        for j, c in zip(judgments, completions):
+        for j, c in zip(judgments, completions, strict=True):
             if constrained:
                 j.probs, j.option_mass = c.probs, c.option_mass
                 j.score = None if c.probs is None else reduce_probs(c.probs, judge_cfg.constrained_reduce)
@@ -95,7 +95,7 @@ def ranked_rows(backend, chat, threads: list[dict], judge_cfg, seed: int = 0, de
     return [{"prompt_id": t["prompt_id"], "ranks": [r["rank"] for r in t["replies"]],
              "scores": [j.score for j in results], "judgments": sum(len(j.judgments) for j in results),
              "failures": sum(j.failures for j in results), "mode": results[0].mode,
-             "results": [j.to_dict() for j in results]} for t, results in zip(threads, judged)]
+             "results": [j.to_dict() for j in results]} for t, results in zip(threads, judged, strict=True)]
 
 
 def _mode_name(judge_cfg) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import random
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,13 +34,42 @@ class TrainingError(ValueError):
     """Training that cannot start (e.g. no examples); the message is one line."""
 
 
-def world_size() -> int:
-    """Processes training together (set by `accelerate launch`; 1 in a stage's own process)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+@dataclass(frozen=True)
+class Processes:
+    """How this training's processes were started, as `accelerate launch` tells them through the environment
+    (read in this one place): how many train together, this one's rank, and how they share the model."""
+    world_size: int = 1
+    rank: int = 0
+    deepspeed: bool = False
+    fsdp: bool = False
+    fsdp_cpu_ram_efficient_loading: bool = False  # ranks > 0 build on the meta device and receive rank 0's weights
+    fsdp_activation_checkpointing: bool = False  # FSDP recomputes the activations itself
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def parallelism(self) -> str:
+        """`single` (one process), `ddp` (each holds the whole model), `fsdp` or `deepspeed` (each a shard)."""
+        return "deepspeed" if self.deepspeed else "fsdp" if self.fsdp else "ddp" if self.world_size > 1 else "single"
+
+    @property
+    def builds_on_meta(self) -> bool:
+        """Whether this process builds the model without weights and receives its shard from the main process:
+        ranks > 0 under FSDP with cpu-RAM-efficient loading (the shipped FSDP configs)."""
+        return self.fsdp and self.fsdp_cpu_ram_efficient_loading and not self.main
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def processes() -> Processes:
+    """This process's place among the training processes (one process, rank 0, outside `accelerate launch`)."""
+    def flag(name: str) -> bool:
+        return os.environ.get(name, "").lower() == "true"
+
+    return Processes(world_size=int(os.environ.get("WORLD_SIZE", "1")), rank=int(os.environ.get("RANK", "0")),
+                     deepspeed=flag("ACCELERATE_USE_DEEPSPEED"), fsdp=flag("ACCELERATE_USE_FSDP"),
+                     fsdp_cpu_ram_efficient_loading=flag("FSDP_CPU_RAM_EFFICIENT_LOADING"),
+                     fsdp_activation_checkpointing=flag("FSDP_ACTIVATION_CHECKPOINTING"))
 
 
 def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
@@ -48,7 +79,7 @@ def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
         output_dir=output_dir,
         per_device_train_batch_size=train_cfg.per_device_batch_size,
         # the effective batch stays batch_size whatever the number of processes (checked on load)
-        gradient_accumulation_steps=train_cfg.batch_size // (train_cfg.per_device_batch_size * world_size()),
+        gradient_accumulation_steps=train_cfg.batch_size // (train_cfg.per_device_batch_size * processes().world_size),
         learning_rate=train_cfg.learning_rate,
         lr_scheduler_type="cosine_with_min_lr",  # the paper decays to a floor, not to zero
         # the floor as a share of the peak: `min_lr` would read optimizer.defaults, which ZeRO-3's optimizer lacks
@@ -65,7 +96,7 @@ def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
         fp16=dtype == "float16",
         use_cpu=on_cpu,
         # CPU runs are small: recomputation only costs time there; under FSDP its own checkpointing does it
-        gradient_checkpointing=not on_cpu and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING") != "true",
+        gradient_checkpointing=not on_cpu and not processes().fsdp_activation_checkpointing,
         dataloader_num_workers=0,
         **train_cfg.trainer_args,  # checked when the params were loaded: TRL fields that selfreward does not set
     )
@@ -83,26 +114,9 @@ def warmup_arguments(ratio: float, fields: set[str] | None = None) -> dict:
     return {"warmup_ratio": ratio} if "warmup_ratio" in fields else {"warmup_steps": ratio}
 
 
-def parallelism() -> str:
-    """How this training's processes share the model (what `accelerate launch` set): `single` (one process),
-    `ddp` (each holds the whole model), `fsdp` or `deepspeed` (each holds a shard)."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        return "deepspeed"
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return "fsdp"
-    return "ddp" if world_size() > 1 else "single"
-
-
 def training_dtype(model_cfg, kind: str) -> str:
     """The dtype this training loads its weights in (`method.launch.load_dtype`, the rule `plan` sizes by)."""
     return launcher.load_dtype(model_cfg.finetune, resolve_dtype(model_cfg.dtype, model_cfg.device), kind)
-
-
-def builds_on_meta(kind: str) -> bool:
-    """Whether this process builds the model without weights and receives its shard from the main process:
-    ranks > 0 under FSDP with cpu-RAM-efficient loading (the shipped FSDP configs)."""
-    return kind == "fsdp" and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() == "true" \
-        and not is_main_process()
 
 
 def _load_for_training(model_dir: str, model_cfg, dropout: float):
@@ -112,12 +126,13 @@ def _load_for_training(model_dir: str, model_cfg, dropout: float):
     from peft import LoraConfig
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    kind = parallelism()
+    here = processes()
+    kind = here.parallelism
     dtype = DTYPES[training_dtype(model_cfg, kind)]
     if kind == "single":
         model = load_model(model_dir, dtype=training_dtype(model_cfg, kind), device=model_cfg.device,
                            attention_dropout=dropout)
-    elif builds_on_meta(kind):
+    elif here.builds_on_meta:
         from accelerate import init_empty_weights
 
         config = AutoConfig.from_pretrained(model_dir, attention_dropout=dropout)
@@ -188,7 +203,8 @@ def sharding(trainer) -> list[dict]:
         else type(trainer.model_wrapped).__name__
     held, total = held_parameters(model)
     base = trainer.accelerator.unwrap_model(model)
-    mine = {"rank": int(os.environ.get("RANK", "0")), "parallelism": parallelism(), "wrapper": wrapper,
+    here = processes()
+    mine = {"rank": here.rank, "parallelism": here.parallelism, "wrapper": wrapper,
             "held_numel": held, "total_numel": total,
             "loaded_numel": getattr(getattr(base, "get_base_model", lambda: base)(), "selfreward_loaded", None)}
     if not torch.distributed.is_initialized():
@@ -283,7 +299,7 @@ def _work_dir(out_dir):
     """Where the Trainer writes while it trains: a temporary folder; with several processes, one folder
     beside `out_dir` that they all share (TRL's cached reference log-probs are a file the main process
     writes and every process reads), removed at the end by the main process."""
-    if world_size() == 1:
+    if processes().world_size == 1:
         with tempfile.TemporaryDirectory() as scratch:
             yield scratch
         return
@@ -292,7 +308,7 @@ def _work_dir(out_dir):
     try:
         yield str(shared)
     finally:
-        if is_main_process():
+        if processes().main:
             shutil.rmtree(shared, ignore_errors=True)
 
 
@@ -366,7 +382,22 @@ def _example_lengths(dataset) -> list[int]:
     if "input_ids" in dataset.column_names:
         return [len(ids) for ids in dataset["input_ids"]]
     return [len(p) + max(len(c), len(r))
-            for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])]
+            for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True)]
+
+
+class SimilarLengthBatches:
+    """A trainer whose micro-batches hold examples of similar length (`SimilarLengthSampler`)."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return SimilarLengthSampler(_example_lengths(self.train_dataset), self.args.per_device_train_batch_size,
+                                    self.args.seed)
+
+
+@functools.cache
+def length_batched(trainer_class: type) -> type:
+    """`trainer_class` (TRL's or a lean one) drawing its micro-batches by similar length: a subclass, so that no
+    trainer is patched after it is built."""
+    return type(f"LengthBatched{trainer_class.__name__}", (SimilarLengthBatches, trainer_class), {})
 
 
 def _trainer(trainer_class, model, args, rows: list[dict], tokenizer, peft_config):
@@ -382,10 +413,8 @@ def _trainer(trainer_class, model, args, rows: list[dict], tokenizer, peft_confi
             if args.process_index == 0:
                 dataset.save_to_disk(folder)
         dataset = load_from_disk(folder)
-    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                            peft_config=peft_config)
-    lengths = _example_lengths(trainer.train_dataset)
-    trainer._get_train_sampler = lambda *_: SimilarLengthSampler(lengths, args.per_device_train_batch_size, args.seed)
+    trainer = length_batched(trainer_class)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                            peft_config=peft_config)
     # inside a papermill notebook the Trainer would draw an HTML widget nobody sees; log text instead
     if trainer.pop_callback(NotebookProgressCallback) is not None:
         trainer.add_callback(ProgressCallback)

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         if job["checkpoint_every"] else {}
     summary = training.train_here(job["kind"], job["model_dir"], job["out_dir"], job["rows"], train_cfg, model_cfg,
                                   job["seed"], **checkpoints)
-    if training.is_main_process():
+    if training.processes().main:
         write_json(job["summary"], summary)
     PartialState().wait_for_everyone()
     PartialState().destroy_process_group()  # a clean exit for every process (ZeRO-3 otherwise aborts at exit)

@@ -16,6 +16,8 @@ import yaml
 
 from selfreward import CHECKOUT
 from selfreward.io import read_json, write_text
+from selfreward.run.manifest import problems
+from selfreward.run.notebooks import machine_paths, scrub, scrub_output
 from selfreward.rundir import RunDir
 
 BOOK = CHECKOUT / "book"  # the template and the published reference book
@@ -35,12 +37,24 @@ def chapters(run_dir) -> list[Path]:
     return [run.root / s["notebook"] for s in stages if s.get("status") == "done"]
 
 
-def _copy_for_book(source: Path, target: Path, paths: dict[str, str]):
+def incomplete(run_dir) -> str:
+    """What a book of this run lacks or must not be trusted for (failed, not run, stale stages), or ''."""
+    run = RunDir(run_dir)
+    found = problems(read_json(run.manifest)) if run.manifest.is_file() else {}
+    return "; ".join(f"{what}: {', '.join(names)}" for what, names in found.items())
+
+
+def _copy_for_book(source: Path, target: Path, paths: dict[str, str], stale: str | None = None):
     """A stage notebook as a chapter: the empty parameters cell dropped, the injected parameters (they record
     what ran) folded away, and everything the stage printed (progress bars, warnings) gathered into one
-    collapsed log block at the end, after the chapter's tables and figures. Machine paths become
-    placeholders (`paths`: text to replace, in order)."""
+    collapsed log block at the end, after the chapter's tables and figures; a stale stage says so at the top.
+    Machine paths become placeholders (`paths`: text to replace, in order)."""
     notebook = nbformat.read(source, as_version=4)
+    if stale:
+        notebook.cells.insert(1 if notebook.cells and notebook.cells[0].cell_type == "markdown" else 0,
+                              nbformat.v4.new_markdown_cell(f":::{{warning}}\n**Stale:** {stale}; this chapter "
+                                                            "describes what the run held before. Re-run "
+                                                            "`selfreward run` to bring it up to date.\n:::"))
     log = []
     for cell in notebook.cells:
         tags = cell.metadata.setdefault("tags", [])
@@ -48,12 +62,12 @@ def _copy_for_book(source: Path, target: Path, paths: dict[str, str]):
             tags.append("remove-cell")
         elif "injected-parameters" in tags:
             tags.append("hide-input")
-            cell.source = _scrub(cell.source, paths)
+            cell.source = scrub(cell.source, paths)
         if cell.cell_type != "code":
             continue
         log += [output.text for output in cell.outputs if output.output_type == "stream"]
-        cell.outputs = [_scrub_output(output, paths) for output in cell.outputs if output.output_type != "stream"]
-    text = _scrub(_final_lines("".join(log)), paths)
+        cell.outputs = [scrub_output(output, paths) for output in cell.outputs if output.output_type != "stream"]
+    text = scrub(_final_lines("".join(log)), paths)
     if text.strip():
         notebook.cells.append(nbformat.v4.new_markdown_cell("The stage's log (progress and warnings):"))
         cell = nbformat.v4.new_code_cell("", metadata={"tags": ["remove-input", "hide-output"]})
@@ -66,27 +80,6 @@ def _final_lines(text: str) -> str:
     """What a terminal would show: a progress bar redraws its line with \\r; keep each line's last state."""
     lines = [line.rsplit("\r", 1)[-1] for line in text.replace("\r\n", "\n").split("\n")]
     return "\n".join(line for i, line in enumerate(lines) if line.strip() or (i and lines[i - 1].strip()))
-
-
-def _scrub(text: str, paths: dict[str, str]) -> str:
-    for path, placeholder in paths.items():
-        text = text.replace(path, placeholder)
-    return text
-
-
-def _scrub_output(output, paths: dict[str, str]):
-    for mime, value in output.get("data", {}).items():
-        if isinstance(value, str) and mime.startswith("text"):
-            output["data"][mime] = _scrub(value, paths)
-    return output
-
-
-def machine_paths(run: RunDir) -> dict[str, str]:
-    """This machine's paths that a chapter would otherwise show, and what to show instead."""
-    reused = {e["reused_from"] for e in read_json(run.manifest)["stages"].values() if e.get("reused_from")} \
-        if run.manifest.is_file() else set()
-    return {str(run.root.resolve()): f"runs/{run.root.name}", **{root: f"runs/{Path(root).name}" for root in reused},
-            sys.prefix: "<python>", str(Path.home()): "~", str(BOOK.parent): "<checkout>"}
 
 
 def prepare(run_dir, book_dir=None) -> Path:
@@ -110,8 +103,9 @@ def prepare(run_dir, book_dir=None) -> Path:
         shutil.rmtree(target)
     target.mkdir()
     paths = machine_paths(run)
+    records = {entry.get("notebook"): entry for entry in read_json(run.manifest)["stages"].values()}
     for path in found:
-        _copy_for_book(path, target / path.name, paths)
+        _copy_for_book(path, target / path.name, paths, records.get(run.relative(path), {}).get("stale"))
     shutil.copy2(run.manifest, target / "manifest.json")
     write_text(target / "about.md", about(run))
     results = [p for p in found if p.stem == "results"]
@@ -131,10 +125,17 @@ def about(run: RunDir) -> str:
 
     manifest = read_json(run.manifest)
     cfg = manifest["config"]
+    overrides = manifest.get("overrides") or {}
+    if isinstance(overrides, list):  # a manifest from before overrides were kept as a mapping
+        overrides = dict(item.split("=", 1) for item in overrides)
+    shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    lacking = incomplete(run)
     return (f"*The figures and chapters of this book come from the run **`{manifest['name']}`** (params "
-            f"`{manifest['params_file']}`{', overrides ' + ', '.join(manifest['overrides']) if manifest['overrides'] else ''}"
+            f"`{manifest['params_file']}`{', overrides ' + shown if shown else ''}"
             f"): M0 = `{cfg['model']['spec']}`, {cfg['iterations']} self-rewarding iterations, on "
-            f"{hardware_line(manifest['hardware'])}.*\n")
+            f"{hardware_line(manifest['hardware'])}.*\n"
+            + (f"\n**This run is incomplete or stale** ({lacking}): its book shows only what the run holds.\n"
+               if lacking else ""))
 
 
 def publish(run_dir) -> Path:
@@ -143,10 +144,10 @@ def publish(run_dir) -> Path:
     if not run.manifest.is_file():
         raise BookError(f"no run at {run.root} (no manifest.json)")
     manifest = read_json(run.manifest)
-    unfinished = [name for name, entry in manifest["stages"].items() if entry.get("status") != "done"]
-    if unfinished or not manifest["config"]["evaluation"]["enabled"]:
-        what = f"stages not done: {', '.join(unfinished)}" if unfinished else "its evaluation is disabled"
-        raise BookError(f"refusing to publish {run.root}: the reference book needs a complete run ({what})")
+    lacking = incomplete(run)
+    if lacking or not manifest["config"]["evaluation"]["enabled"]:
+        raise BookError(f"refusing to publish {run.root}: the reference book needs a complete, fresh run "
+                        f"({lacking or 'its evaluation is disabled'})")
     return build(run, BOOK)
 
 

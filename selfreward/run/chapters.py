@@ -52,10 +52,10 @@ def plot_training(run_dir, model: str):
     log = training_log(run_dir, model)
     curves = DPO_CURVES if any("rewards/margins" in h for h in log) else SFT_CURVES
     fig, axes = plt.subplots(1, len(curves), figsize=(2.6 * len(curves) + 1, 2.6))
-    for ax, key in zip(axes, curves):
+    for ax, key in zip(axes, curves, strict=True):
         points = [(h["step"], h[key]) for h in log if key in h]
         if points:
-            ax.plot(*zip(*points), marker="o", markersize=3)
+            ax.plot(*zip(*points, strict=True), marker="o", markersize=3)
         ax.set_title(key.replace("rewards/", "reward "), fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -5,6 +5,7 @@ builds it into a small Jupyter Book: "tweak a param, re-run, read the difference
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ import pandas as pd
 from selfreward import evaluation
 from selfreward.evaluation.estimates import Estimate
 from selfreward.io import read_json
+from selfreward.run.report import MEMORY_COLUMNS
 from selfreward.rundir import RunDir
 
 
@@ -48,6 +50,10 @@ def headline_metrics(run_dir) -> dict[str, str]:
     for name, entry in manifest["stages"].items():
         if entry.get("kind") == "iteration":
             found[f"{name}: preference pairs"] = _text(entry.get("counts", {}).get("pairs"), name)
+    for name, entry in manifest["stages"].items():  # what each stage needed of the machine
+        for key, label in MEMORY_COLUMNS.items():
+            if entry.get("peak_memory", {}).get(key) is not None:
+                found[f"{name}: {label}"] = f"{entry['peak_memory'][key]:.2f}"
     for instrument in evaluation.registered():
         if instrument.done(run):
             found.update({key: _text(value, key) for key, value in instrument.headlines(run).items()})
@@ -62,7 +68,7 @@ def metrics_side_by_side(run_a, run_b) -> pd.DataFrame:
 
 
 def describe(run_a, run_b) -> str:
-    return "\n".join(f"- **{label}**: `{RunDir(run).root}` (params `{read_json(RunDir(run).manifest)['params_file']}`)"
+    return "\n".join(f"- **{label}**: `{RunDir(run).root.name}` (params `{read_json(RunDir(run).manifest)['params_file']}`)"
                      for label, run in (("A", run_a), ("B", run_b)))
 
 
@@ -82,9 +88,11 @@ def build(run_a, run_b, book_dir=None) -> Path:
     book_dir = Path(book_dir) if book_dir else b.root.parent / f"compare-{a.root.name}-vs-{b.root.name}"
     book_dir.mkdir(parents=True, exist_ok=True)
     ensure_kernel()
+    # the runs relative to the comparison (its kernel runs there): no machine path in its book
     pm.execute_notebook(str(NOTEBOOKS / "compare.ipynb"), str(book_dir / "comparison.ipynb"), kernel_name=KERNEL,
-                        parameters={"run_a": str(a.root.resolve()), "run_b": str(b.root.resolve())},
-                        progress_bar=False)
+                        parameters={"run_a": os.path.relpath(a.root.resolve(), book_dir.resolve()),
+                                    "run_b": os.path.relpath(b.root.resolve(), book_dir.resolve())},
+                        cwd=str(book_dir), progress_bar=False)
     write_text(book_dir / "_config.yml", (BOOK / "_config.yml").read_text())
     write_text(book_dir / "intro.md", f"# Comparing two runs\n\n{describe(a, b)}\n")
     write_text(book_dir / "_toc.yml", "format: jb-book\nroot: intro\nchapters:\n- file: comparison\n")

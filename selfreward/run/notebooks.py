@@ -7,12 +7,14 @@ variant) needs no notebook of its own:
   stage's;
 - `10_results.ipynb`, the results chapter: the cells tagged `per-instrument` are repeated for each
   instrument of the run, in order, with the instrument's fields filled in.
-The source notebooks are never written to; papermill executes the filled-in copy.
+The source notebooks are never written to; papermill executes the filled-in copy, with the parameters of
+`parameters` (the params file, the overrides, the run folder relative to the notebook, the stage).
 """
 from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 
 import nbformat
@@ -21,6 +23,13 @@ from selfreward import CHECKOUT, evaluation
 
 NOTEBOOKS = Path(os.environ.get("SELFREWARD_NOTEBOOKS", CHECKOUT / "notebooks"))
 PER_INSTRUMENT = "per-instrument"
+PIPELINE = "SELFREWARD_PIPELINE"  # set in the pipeline's kernel (its PID): the pipeline records the stage
+NOTEBOOK_DIR = "SELFREWARD_NOTEBOOK_DIR"  # set there too: the folder the stage notebooks' run_dir is relative to
+
+
+def parameters(params_file: str, overrides: dict, stage) -> dict:
+    """What papermill injects into a stage notebook: short, readable, and free of this machine's paths."""
+    return {"params_file": params_file, "overrides": overrides, "run_dir": "..", "stage": stage.name}
 
 
 def fields(instrument) -> dict[str, str]:
@@ -57,3 +66,50 @@ def source(stage, stages) -> nbformat.NotebookNode:
             expanded.append(cell)
     notebook.cells = expanded
     return notebook
+
+
+# ---------------------------------------------------------------- no machine path in a notebook or a book
+
+def machine_paths(run) -> dict[str, str]:
+    """This machine's paths that an executed notebook or a chapter would otherwise show, and what to show
+    instead (the run folder, the runs it reused stages from, the Python installation, the home folder, the
+    checkout)."""
+    from selfreward.io import read_json
+
+    root = Path(run.root).resolve()
+    reused = {(root / e["reused_from"]).resolve() for e in read_json(run.manifest)["stages"].values()
+              if e.get("reused_from")} if run.manifest.is_file() else set()
+    return {str(root): f"runs/{root.name}", **{str(other): f"runs/{other.name}" for other in reused},
+            sys.prefix: "<python>", str(Path.home()): "~", str(CHECKOUT): "<checkout>"}
+
+
+def scrub(text: str, paths: dict[str, str]) -> str:
+    for path, placeholder in paths.items():
+        text = text.replace(path, placeholder)
+    return text
+
+
+def scrub_output(output, paths: dict[str, str]):
+    for mime, value in output.get("data", {}).items():
+        if isinstance(value, str) and mime.startswith("text"):
+            output["data"][mime] = scrub(value, paths)
+    if "text" in output:
+        output["text"] = scrub(output["text"], paths)
+    if "traceback" in output:
+        output["traceback"] = [scrub(line, paths) for line in output["traceback"]]
+    return output
+
+
+def scrub_executed(path: Path, run, stage):
+    """An executed stage notebook without this machine's paths: papermill's record of where it read and wrote
+    (the source template and notebooks/<stage>.ipynb instead), and every path its outputs printed."""
+    notebook = nbformat.read(path, as_version=4)
+    paths = machine_paths(run)
+    record = notebook.metadata.get("papermill", {})
+    if record:
+        record["input_path"] = f"notebooks/{stage.notebook}"
+        record["output_path"] = f"notebooks/{stage.name}.ipynb"
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [scrub_output(output, paths) for output in cell.outputs]
+    nbformat.write(notebook, path)

@@ -1,33 +1,34 @@
-"""Run the stage notebooks with papermill, keep a manifest, skip what has not changed.
+"""Run the stage notebooks with papermill, keep the manifest, skip what has not changed.
 
 The run folder's layout is `rundir.RunDir`; the stages are `run.stages.plan`; the notebooks papermill
-executes are `run.notebooks.source`. A stage is skipped only when `_why_run` finds no reason to run it:
-its config sections, inputs and upstream fingerprints are unchanged and its recorded outputs are intact.
+executes are `run.notebooks.source`; the manifest and its decisions are `run.manifest`. A stage is skipped
+only when `manifest.why_run` finds no reason to run it: its config sections, inputs and upstream fingerprints
+are unchanged, the stages it needs have the outputs it was made from, and its recorded outputs are intact. A
+stage that fails changes only its own record; what no longer follows is marked stale, never deleted.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
-import time
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
 import yaml
 
 from selfreward import generation
-from selfreward.config import Config, ConfigError, model_sequence
+from selfreward.config import Config, ConfigError, load_config, model_sequence
+from selfreward.config.loading import override_mapping
 from selfreward.io import read_json, write_json, write_text
-from selfreward.run import notebooks
-from selfreward.run.records import changed_files, file_records, locked
-from selfreward.run.stages import Stage, describe, plan
+from selfreward.run import manifest, notebooks
+from selfreward.run.records import changed_files, locked
+from selfreward.run.stages import Stage, plan
 from selfreward.rundir import RunDir
 
 KERNEL = "selfreward"
@@ -36,17 +37,6 @@ PACKAGES = ["selfreward", "torch", "transformers", "trl", "peft", "accelerate", 
 
 class PipelineError(RuntimeError):
     """A stage that failed or stopped; the message is one line and names the stage."""
-
-
-def fingerprints(cfg: Config, stages: list[Stage]) -> dict[str, str]:
-    """Each stage's fingerprint covers its own config sections, what it reads from outside the run (the
-    data source), and the fingerprints of the stages it needs."""
-    result = {}
-    for stage in stages:
-        upstream = ",".join(result[n] for n in stage.needs)
-        blob = f"{upstream}|{stage.name}|{stage.iteration}|{cfg.section_hash(*stage.sections)}|{stage.inputs(cfg)}"
-        result[stage.name] = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return result
 
 
 def versions() -> dict:
@@ -72,10 +62,6 @@ def ensure_kernel():
     install(kernel_name=KERNEL, display_name="Python (selfreward)", prefix=sys.prefix)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 class PipelineInterrupted(PipelineError):
     """Ctrl-C (or SIGTERM) during a stage; the stage is marked interrupted and a re-run resumes."""
 
@@ -86,7 +72,7 @@ def selected_stages(stages: list[Stage], force: list[str] = (), start: str | Non
     names = [s.name for s in stages]
     for name in [*force, *([start] if start else [])]:
         if name not in names:
-            raise PipelineError(f"unknown stage {name!r}; this run's stages: {', '.join(names)}")
+            raise ConfigError(f"unknown stage {name!r}; this run's stages: {', '.join(names)}")
     chosen = set(force)
     for stage in stages:  # in order, so that needs are decided before their dependents
         if chosen.intersection(stage.needs):
@@ -102,7 +88,7 @@ def needed_stages(stages: list[Stage], only: list[str]) -> set[str]:
     names = [s.name for s in stages]
     for name in only:
         if name not in names:
-            raise PipelineError(f"unknown stage {name!r}; this run's stages: {', '.join(names)}")
+            raise ConfigError(f"unknown stage {name!r}; this run's stages: {', '.join(names)}")
     chosen = set(only)
     for stage in reversed(stages):  # a stage needs only earlier ones
         if stage.name in chosen:
@@ -115,12 +101,21 @@ def preflight(cfg: Config, out_root: Path):
     the endpoint key, checked before anything is written."""
     from selfreward import models
 
+    if out_root.exists() and not out_root.is_dir():
+        raise ConfigError(f"--out {out_root}: is a file, not a folder")
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_root):
             pass
     except OSError as err:
         raise ConfigError(f"--out {out_root}: cannot write there ({err.strerror or err})") from None
+    run_dir = out_root / cfg.name
+    if run_dir.exists():
+        try:
+            with tempfile.TemporaryFile(dir=run_dir):
+                pass
+        except OSError as err:
+            raise ConfigError(f"run folder {run_dir}: cannot write there ({err.strerror or err})") from None
     models.check_device(cfg.model.device)
     references = [cfg.model.spec]
     if cfg.self_instruct.prompt_model not in ("base", "current"):
@@ -142,13 +137,15 @@ def preflight(cfg: Config, out_root: Path):
                           f"variable {e.endpoint_api_key_env}, which is not set")
 
 
-def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overrides: list[str] | None = None,
+def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overrides: list[str] | dict | None = None,
         force: list[str] = (), start: str | None = None, verify: bool = False, reuse: str | Path | None = None,
-        only: list[str] = (), log=print) -> dict:
-    """Run the stages of `cfg` into `out_root/<name>`: stages whose config, inputs and outputs are unchanged
-    are skipped; the others run in one Jupyter kernel, in order. With `reuse` (another run's folder), the
-    stages that run has finished with the same fingerprints are taken from it first. With `only`, just those
-    stages and the ones they need run; the others stay as they were. Returns the manifest."""
+        only: list[str] = (), log=print, params: dict | None = None, tweaks: dict | None = None) -> dict:
+    """Run the stages of `cfg` into `out_root/<name>`: stages whose config, inputs, needs and outputs are
+    unchanged are skipped; the others run in one Jupyter kernel, in order. With `reuse` (another run's folder),
+    the stages that run has finished with the same fingerprints are taken from it first. With `only`, just those
+    stages and the ones they need run; the others stay as they were (and are marked stale where they no longer
+    follow). `params` is the profile as loaded (kept in the run folder, so that a stage notebook re-runs from it),
+    `tweaks` the notebook changes the run keeps. Returns the manifest."""
     run_dir = RunDir(Path(out_root) / cfg.name)
     stages = plan(cfg)
     rerun = selected_stages(stages, force, start)
@@ -156,12 +153,64 @@ def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overr
     preflight(cfg, Path(out_root))
     other = RunDir(reuse) if reuse else None
     if other is not None and not other.manifest.is_file():
-        raise PipelineError(f"--reuse {other.root}: not a run folder (no manifest.json)")
-    with locked(run_dir, log), _kernel() as kernel:
+        raise ConfigError(f"--reuse {other.root}: not a run folder (no manifest.json)")
+    invocation = {"params_file": params_file, "overrides": override_mapping(overrides or []), "tweaks": tweaks or {}}
+    with locked(run_dir, log), _kernel(run_dir) as kernel:
         if other is not None:
             reuse_stages(cfg, run_dir, other, stages, rerun, log)
-        return _run_stages(cfg, run_dir, stages, rerun, verify, kernel,
-                           {"params_file": params_file, "overrides": overrides or []}, log, wanted)
+        if params is not None:
+            write_text(run_dir.params, yaml.safe_dump(params, sort_keys=False))
+        return _run_stages(cfg, run_dir, stages, rerun, verify, kernel, invocation, log, wanted)
+
+
+def dry_run(cfg: Config, out_root: str | Path = "runs", force: list[str] = (), start: str | None = None,
+            verify: bool = False, only: list[str] = ()) -> list[tuple[str, str | None]]:
+    """What `run` would do, with nothing executed or written: each stage and why it would run (None: skipped,
+    "not asked for": left as it is by --only). A stage after one that would run would run if that one's
+    outputs change, and is listed so."""
+    run_dir = RunDir(Path(out_root) / cfg.name)
+    stages = plan(cfg)
+    rerun = selected_stages(stages, force, start)
+    wanted = needed_stages(stages, only) if only else {s.name for s in stages}
+    recorded = manifest.read(run_dir)
+    recorded.setdefault("stages", {})
+    prints = manifest.fingerprints(cfg, stages)
+    would, found = set(), []
+    for stage in stages:
+        if stage.name not in wanted:
+            found.append((stage.name, "not asked for (--only): left as it is"))
+            continue
+        reason = manifest.why_run(stage, recorded, prints[stage.name], run_dir, rerun, set(), verify)
+        upstream = [n for n in stage.needs if n in would]
+        if reason is None and upstream:
+            reason = f"if {', '.join(upstream)} change{'s' if len(upstream) == 1 else ''} when re-run"
+        if reason is not None:
+            would.add(stage.name)
+        found.append((stage.name, reason))
+    return found
+
+
+def with_tweaks(params_file: str, overrides: list[str], out_root: str | Path,
+                log=print) -> tuple[Config, dict, dict, dict]:
+    """The config a run goes on with: the params file, the changes a stage notebook made to this run folder
+    (`tweaks` in its manifest), and the command line's overrides, which win. A tweak kept or replaced is said.
+    Returns (config, the profile as loaded, every override in force, the tweaks among them)."""
+    from selfreward.config.loading import load_params
+
+    asked = override_mapping(overrides)
+    cfg = load_config(params_file, asked)
+    recorded = manifest.read(RunDir(Path(out_root) / cfg.name)).get("tweaks", {})
+    kept = {key: tweak for key, tweak in recorded.items() if key not in asked}
+    for key, tweak in recorded.items():
+        where = f"set in {tweak['notebook']} at {tweak['at']}"
+        if key in asked:
+            log(f"[tweaks] {key}={asked[key]!r} from the command line replaces {key}={tweak['value']!r} ({where})")
+        else:
+            log(f"[tweaks] keeping {key}={tweak['value']!r} ({where}); --set {key}=... replaces it")
+    merged = {**{k: t["value"] for k, t in kept.items()}, **asked}
+    if kept:
+        cfg = load_config(params_file, merged)
+    return cfg, load_params(params_file), merged, kept
 
 
 def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage], rerun: set[str], log) -> list[str]:
@@ -171,7 +220,7 @@ def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage
     theirs = read_json(other.manifest)["stages"]
     previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
     ours = dict(previous.get("stages", {}))
-    prints, taken = fingerprints(cfg, stages), []
+    prints, taken = manifest.fingerprints(cfg, stages), []
     for stage in stages:
         entry, mine = theirs.get(stage.name, {}), ours.get(stage.name, {})
         if stage.report or stage.name in rerun or entry.get("status") != "done" \
@@ -189,7 +238,7 @@ def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage
                 os.link(other.root / name, target)
             except OSError:  # another file system: a copy
                 shutil.copy2(other.root / name, target)
-        ours[stage.name] = {**entry, "reused_from": str(other.root.resolve())}
+        ours[stage.name] = {**entry, "reused_from": os.path.relpath(other.root.resolve(), run_dir.root.resolve())}
         taken.append(stage.name)
     if taken:
         write_json(run_dir.manifest, {**previous, "stages": ours})
@@ -199,109 +248,125 @@ def reuse_stages(cfg: Config, run_dir: RunDir, other: RunDir, stages: list[Stage
 
 def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[str], verify: bool, kernel,
                 invocation: dict, log, wanted: set[str]) -> dict:
-    previous = read_json(run_dir.manifest) if run_dir.manifest.is_file() else {}
-    prints = fingerprints(cfg, stages)
-    manifest = {
+    previous = manifest.read(run_dir)
+    prints = manifest.fingerprints(cfg, stages)
+    record = {
         "name": cfg.name, **invocation,
-        "created": previous.get("created", _now()), "updated": _now(),
+        "created": previous.get("created", manifest.now()), "updated": manifest.now(),
         "versions": versions(), "hardware": _hardware(cfg), "config": cfg.to_dict(),
         "stages": {s.name: previous.get("stages", {}).get(s.name, {"status": "pending"}) for s in stages},
     }
     run_dir.notebooks.mkdir(parents=True, exist_ok=True)
     write_text(run_dir.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_json(run_dir.manifest, manifest)
+    write_json(run_dir.manifest, record)
     ran: set[str] = set()
-    for index, stage in enumerate(stages):
-        if stage.name not in wanted:  # not asked for (--only): left as it is
-            continue
-        reason = _why_run(stage, manifest["stages"][stage.name], prints[stage.name], run_dir, rerun, ran, verify)
-        if reason is None:
-            log(f"[{stage.name}] unchanged, skipped")
-            continue
-        ran.add(stage.name)
-        log(f"[{stage.name}] running {stage.notebook} ({reason})")
-        _execute(cfg, run_dir, stage, stages, prints[stage.name], manifest, kernel, log)
-    manifest["counts"] = summary_counts(manifest)
-    write_json(run_dir.manifest, manifest)
-    return manifest
+    try:
+        for stage in stages:
+            if stage.name not in wanted:  # not asked for (--only): left as it is
+                continue
+            reason = manifest.why_run(stage, record, prints[stage.name], run_dir, rerun, ran, verify)
+            if reason is None:
+                log(f"[{stage.name}] unchanged, skipped")
+                continue
+            ran.add(stage.name)
+            log(f"[{stage.name}] running {stage.notebook} ({reason})")
+            _execute(cfg, run_dir, stage, stages, prints[stage.name], record, kernel, log)
+    finally:  # what no longer follows from the run folder, however the run ended
+        stale = manifest.mark_stale(record, stages, prints)
+        record["counts"] = manifest.summary_counts(record)
+        write_json(run_dir.manifest, record)
+    if stale:
+        log(f"[stale] made before what they read changed, to be re-run: {', '.join(stale)}")
+    return record
 
 
-def _why_run(stage: Stage, entry: dict, fingerprint: str, run_dir: RunDir, rerun: set[str], ran: set[str],
-             verify: bool) -> str | None:
-    """Why a stage must run, or None when its last result still holds."""
-    if stage.report:
-        return "a report: always rendered"
-    if stage.name in rerun:
-        return "asked for"
-    status = entry.get("status", "pending")
-    if status != "done":
-        return {"pending": "not run before", "running": "its last run was killed",
-                "interrupted": "its last run was interrupted"}.get(status, f"its last run {status}")
-    if entry.get("fingerprint") != fingerprint:
-        return "its config or inputs changed"
-    upstream = sorted(ran.intersection(stage.needs))
-    if upstream:
-        return f"{', '.join(upstream)} re-ran"
-    changed = changed_files(run_dir, entry.get("outputs"), verify_weights=verify)
-    return f"outputs changed: {changed}" if changed else None
-
-
-def _execute(cfg: Config, run_dir: RunDir, stage: Stage, stages: list[Stage], fingerprint: str, manifest: dict,
+def _execute(cfg: Config, run_dir: RunDir, stage: Stage, stages: list[Stage], fingerprint: str, record: dict,
              kernel, log):
-    """Execute one stage notebook and record its result, whatever happens to it."""
+    """Execute one stage notebook and record its result, whatever happens to it: only its own record changes."""
     import papermill as pm
 
-    executed, counts_file = run_dir.notebook(stage.name), run_dir.counts(stage.name)
-    entry = manifest["stages"][stage.name] = {
-        "status": "running", "fingerprint": fingerprint, "notebook": run_dir.relative(executed),
-        **describe(stage), "config": {s: _plain(cfg, s) for s in stage.sections},
-        "started": _now()}
-    write_json(run_dir.manifest, manifest)
-    counts_file.unlink(missing_ok=True)
-    started = time.time()
+    executed = run_dir.notebook(stage.name)
+    entry = manifest.start(record, run_dir, cfg, stage, fingerprint, run_dir.relative(executed))
     scratch = executed.with_name(f".running.{executed.name}")
-
-    def stop(status: str, **details):
-        entry.update(status=status, duration_s=round(time.time() - started, 1), finished=_now(), **details)
-        for stage_after in stages[stages.index(stage) + 1:]:  # their old artifacts no longer follow from this run
-            manifest["stages"][stage_after.name] = {"status": "pending"}
-        write_json(run_dir.manifest, manifest)
-
     try:
         pm.execute_notebook(notebooks.source(stage, stages), str(scratch), kernel_name=KERNEL, km=kernel,
-                            parameters={"config": cfg.to_dict(), "run_dir": str(run_dir.root.resolve()),
-                                        "stage": stage.name},
+                            parameters=notebooks.parameters(record["params_file"], record["overrides"], stage),
                             log_output=True, progress_bar=False)
     except KeyboardInterrupt:
         scratch.unlink(missing_ok=True)
-        stop("interrupted")
+        manifest.stop(record, run_dir, stage, "interrupted")
         raise PipelineInterrupted(f"interrupted in stage {stage.name}; re-run to resume") from None
     except Exception as err:  # papermill wraps the notebook's exception
-        message = f"{getattr(err, 'ename', type(err).__name__)}: {getattr(err, 'evalue', err)}"
         failed = executed.with_name(f"{executed.stem}.failed.ipynb")
         if scratch.exists():
+            notebooks.scrub_executed(scratch, run_dir, stage)
             os.replace(scratch, failed)
-        stop("failed", error=message, notebook=run_dir.relative(failed))
-        raise PipelineError(f"stage {stage.name} stopped: {message.splitlines()[0]} (details: {failed})") from None
+        message = failure(cfg, stage, err, failed)
+        manifest.stop(record, run_dir, stage, "failed", error=message, notebook=run_dir.relative(failed))
+        raise PipelineError(f"stage {stage.name} stopped: {message} (details: {failed})") from None
+    notebooks.scrub_executed(scratch, run_dir, stage)
     os.replace(scratch, executed)
-    counts = read_json(counts_file) if counts_file.is_file() else {}  # report stages count nothing
-    outputs = {} if stage.report else file_records(run_dir, stage.outputs(run_dir) + [counts_file, executed])
-    entry.update(status="done", counts=counts, outputs=outputs, duration_s=round(time.time() - started, 1),
-                 finished=_now())
-    write_json(run_dir.manifest, manifest)
+    manifest.finish(record, run_dir, stage)
     log(f"[{stage.name}] done in {entry['duration_s']} s: {json.dumps(entry['counts'])}")
 
 
+MEMORY_SETTINGS = {"sft": ("per_device_batch_size", "max_length"), "dpo": ("per_device_batch_size", "max_length"),
+                   "generation": ("batch_size",)}
+
+
+def memory_settings(cfg: Config, stage: Stage) -> str:
+    """The settings of a stage that decide its memory, as `--set` would name them."""
+    return ", ".join(f"{section}.{key} {getattr(getattr(cfg, section), key)}" for section, keys in
+                     MEMORY_SETTINGS.items() if section in stage.sections for key in keys) or "no batch settings"
+
+
+def failure(cfg: Config, stage: Stage, err: Exception, notebook: Path) -> str:
+    """What stopped a stage, in one line: a kernel that died (killed, or out of memory) or an allocation that
+    failed, with what the stage was doing and its memory settings; else the notebook's error."""
+    name, value = getattr(err, "ename", type(err).__name__), str(getattr(err, "evalue", err))
+    doing = last_output_line(notebook)
+    doing = f" while {doing!r}" if doing else ""
+    if name == "DeadKernelError":
+        return (f"its kernel died (killed, perhaps by the system for lack of memory){doing}; its memory settings: "
+                f"{memory_settings(cfg, stage)}")
+    if name in ("OutOfMemoryError", "MemoryError") or re.search(r"out of memory|can't allocate memory|alloc_cpu", value):
+        return (f"it ran out of memory{doing} ({memory_settings(cfg, stage)}): lower them with --set, e.g. a smaller "
+                f"batch ({name}: {value.strip().splitlines()[0][:200] if value.strip() else ''})")
+    return f"{name}: {value.splitlines()[0] if value else ''}"
+
+
+def last_output_line(notebook: Path) -> str:
+    """The last line a stage printed before it stopped (a progress bar's last state), from its notebook."""
+    import nbformat
+
+    try:
+        cells = nbformat.read(notebook, as_version=4).cells
+    except (OSError, ValueError):
+        return ""
+    text = "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+    lines = [line.rsplit("\r", 1)[-1].strip() for line in text.replace("\r\n", "\n").split("\n")]
+    lines = [line for line in lines if line and "Warning" not in line]
+    return lines[-1][:160] if lines else ""
+
+
 @contextlib.contextmanager
-def _kernel():
+def _kernel(run_dir: RunDir):
     """One Jupyter kernel for every stage of a run: each stage notebook would otherwise start its own and
-    import torch, transformers, peft and TRL again (about 10 s each on a CPU)."""
-    from jupyter_client.manager import KernelManager
+    import torch, transformers, peft and TRL again (about 10 s each on a CPU). The kernel knows it runs for this
+    pipeline (SELFREWARD_PIPELINE, so that a stage records nothing itself) and where the notebooks are
+    (SELFREWARD_NOTEBOOK_DIR: their run_dir is relative to them)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
     ensure_kernel()
     with tempfile.TemporaryDirectory(prefix="selfreward-kernel-") as sockets:
-        # local sockets in a private folder (TCP would also do, but warns that it is unencrypted)
-        kernel = KernelManager(kernel_name=KERNEL, transport="ipc", ip=os.path.join(sockets, "kernel"))
+        # local sockets in a private folder (TCP would also do, but warns that it is unencrypted); an async
+        # manager, so that nbclient's client polls for output and for a dead kernel in turn (a blocking client
+        # waits for output forever when the kernel is killed)
+        kernel = AsyncKernelManager(kernel_name=KERNEL, transport="ipc", ip=os.path.join(sockets, "kernel"))
+        saved = {k: os.environ.get(k) for k in (notebooks.PIPELINE, notebooks.NOTEBOOK_DIR)}
+        os.environ.update({notebooks.PIPELINE: str(os.getpid()), notebooks.NOTEBOOK_DIR: str(run_dir.notebooks.resolve())})
         try:
             yield kernel
         except BaseException:
@@ -314,26 +379,10 @@ def _kernel():
             raise
         else:
             if kernel.has_kernel:
-                kernel.shutdown_kernel(now=True)
-
-
-def summary_counts(manifest: dict) -> dict:
-    """The headline counts of a run, gathered from its stages."""
-    stages = manifest["stages"]
-    counts = {key: stages.get(stage, {}).get("counts", {}).get(key)
-              for stage, key in [("data", "ift"), ("eft", "eft"), ("eft", "parse_failures")]}
-    counts["eft_parse_failures"] = counts.pop("parse_failures")
-    for name, entry in stages.items():
-        if entry.get("kind") == "iteration":
-            c = entry.get("counts", {})
-            counts[name] = {k: c.get(k) for k in ("prompts_generated", "prompts_kept", "candidates", "pairs",
-                                                  "positive_examples", "parse_failures")}
-    return counts
-
-
-def _plain(cfg: Config, section: str):
-    value = getattr(cfg, section)
-    return value if not hasattr(value, "__dataclass_fields__") else cfg.to_dict()[section]
+                run_sync(kernel.shutdown_kernel)(now=True)
+        finally:
+            for key, value in saved.items():
+                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 def _hardware(cfg: Config) -> dict:

@@ -18,6 +18,9 @@ from selfreward.rundir import RunDir
 class RunFolderBusy(RuntimeError):
     """Another live process holds the run folder; the message is one line and names it."""
 
+    def _render_traceback_(self):  # in a notebook (IPython), the same one line as on the command line
+        return [f"selfreward: error: {self}"]
+
 
 @contextlib.contextmanager
 def locked(run: RunDir, log=print):

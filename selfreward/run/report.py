@@ -37,6 +37,8 @@ def hardware_line(hardware: dict) -> str:
 
 
 def run_description(run_dir) -> str:
+    from selfreward.run.manifest import problems
+
     manifest = _manifest(run_dir)
     cfg, stages = manifest["config"], manifest["stages"]
 
@@ -50,7 +52,17 @@ def run_description(run_dir) -> str:
         f"{counted('data', 'ift')} IFT and {counted('m1', 'eft')} EFT examples, {cfg['iterations']} self-rewarding iterations"
         f"{' (' + pairs + ')' if pairs else ''}; judge scoring: **{cfg['judge']['mode']}**.\n\n"
         "A small model on small data is not expected to reproduce a 70B model's gains: read the numbers as what "
-        "this configuration does, and the intervals as how sure we can be of it.")
+        "this configuration does, and the intervals as how sure we can be of it."
+        + "".join(f"\n\n**Stale:** {name}: {stages[name]['stale']}." for name in problems(manifest).get("stale", [])
+                  if name != "results")
+        + _tweaks(manifest))
+
+
+def _tweaks(manifest: dict) -> str:
+    """The parameters a stage notebook changed in this run, said where the run is described."""
+    tweaks = manifest.get("tweaks") or {}
+    return "".join(f"\n\n**Changed in a notebook:** `{key}` = {t['value']!r} ({t['notebook']}, {t['at']})."
+                   for key, t in tweaks.items())
 
 
 def differences(run_dir) -> dict[str, list]:
@@ -116,21 +128,37 @@ def aift_statistics(run_dir) -> pd.DataFrame:
                      "mean score gap": sum(gaps) / len(gaps) if gaps else None,
                      "mean chosen score": sum(p["chosen_score"] for p in pairs) / len(pairs) if pairs else None,
                      "positive-only examples": len(positives)})
+    if not rows:  # iterations: 0, the SFT baseline and M1 only
+        return pd.DataFrame({"AIFT of": ["(no self-rewarding iteration in this run)"]}).set_index("AIFT of")
     return pd.DataFrame(rows).set_index("AIFT of").round(3)
 
 
+MEMORY_COLUMNS = {"rss_gb": "peak RSS GB", "cuda_allocated_gb": "peak GPU allocated GB",
+                  "cuda_reserved_gb": "peak GPU reserved GB"}
+
+
 def stage_times(run_dir) -> pd.DataFrame:
-    """Wall time and generated tokens of each stage, and their sum over the finished stages. (The stage
-    rendering this table, still running, is left out.)"""
+    """Wall time, generated tokens and peak memory (the process's resident set; on a GPU, what torch allocated
+    and reserved) of each stage, and the sum (times, tokens) or the maximum (memory) over the finished stages.
+    (The stage rendering this table, still running, is left out; a stale stage says so.)"""
     manifest = _manifest(run_dir)
-    rows = [{"stage": name, "status": e.get("status"), "minutes": round(e.get("duration_s", 0) / 60, 2),
-             "tokens generated": e.get("counts", {}).get("tokens_generated")}
-            for name, e in manifest["stages"].items() if e.get("status") != "running"]
-    done = [r for r in rows if r["status"] == "done"]
+    rows = []
+    for name, e in manifest["stages"].items():
+        if e.get("status") == "running":
+            continue
+        memory = e.get("peak_memory", {})
+        rows.append({"stage": name, "status": e.get("status") + (" (stale)" if e.get("stale") else ""),
+                     "minutes": round(e.get("duration_s", 0) / 60, 2),
+                     "tokens generated": e.get("counts", {}).get("tokens_generated"),
+                     **{label: memory.get(key) for key, label in MEMORY_COLUMNS.items()}})
+    done = [r for r in rows if r["status"].startswith("done")]
     rows.append({"stage": "all finished stages", "status": f"{len(done)} done",
                  "minutes": round(sum(r["minutes"] for r in done), 2),
-                 "tokens generated": sum(r["tokens generated"] or 0 for r in done)})
-    return pd.DataFrame(rows).set_index("stage")
+                 "tokens generated": sum(r["tokens generated"] or 0 for r in done),
+                 **{label: max((r[label] for r in done if r[label] is not None), default=None)
+                    for label in MEMORY_COLUMNS.values()}})
+    table = pd.DataFrame(rows).set_index("stage")
+    return table.drop(columns=[c for c in MEMORY_COLUMNS.values() if table[c].isna().all()])
 
 
 def eft_examples(run_dir, count: int = 5) -> pd.DataFrame:

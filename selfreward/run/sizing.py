@@ -98,7 +98,7 @@ def architecture(spec: str, model_cfg) -> Architecture:
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    kind: str = "single"  # as method.training.parallelism: single, ddp, fsdp, deepspeed
+    kind: str = "single"  # as method.training.Processes.parallelism: single, ddp, fsdp, deepspeed
     shard_weights: bool = False
     shard_gradients: bool = False
     shard_optimizer: bool = False

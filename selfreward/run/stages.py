@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from selfreward import evaluation
+from selfreward import evaluation, memory
 from selfreward.config import Config, from_dict
 from selfreward.evaluation.responses import run_responses
 from selfreward.io import write_json
@@ -155,14 +155,16 @@ def get(cfg: Config, name: str) -> Stage:
 
 
 def run_stage(name: str, config: dict | Config, run_dir) -> dict:
-    """Run one stage of a run (what each stage notebook calls); saves and returns its counts."""
+    """Run one stage of a run (what each stage notebook calls); saves and returns its counts, with the peak memory
+    of this process while it ran (`selfreward.memory`)."""
     cfg = config if isinstance(config, Config) else from_dict(config, "stage config")
     stage = get(cfg, name)
     run, started = RunDir(run_dir), time.time()
-    counts = stage.run(cfg, run)
+    with memory.peak() as peak:
+        counts = stage.run(cfg, run)
     if stage.report:
         return counts
-    counts = {**counts, "seconds": round(time.time() - started, 1)}
+    counts = {**counts, "seconds": round(time.time() - started, 1), "peak_memory": peak.reading}
     write_json(run.counts(name), counts)
     return counts
 

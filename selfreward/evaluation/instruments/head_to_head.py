@@ -106,7 +106,7 @@ class HeadToHead(Instrument):
         for i, (part, colour) in enumerate([("win", "#4c9a4c"), ("tie", "#bbbbbb"), ("loss", "#c85050")]):
             values = [b[i + 1] for b in bars]
             ax.barh(labels, values, left=left, color=colour, label=part)
-            left = [lft + v for lft, v in zip(left, values)]
+            left = [lft + v for lft, v in zip(left, values, strict=True)]
         ax.invert_yaxis()
         ax.set_xlabel("% of prompts")
         ax.set_xlim(0, 100)

@@ -127,10 +127,10 @@ class HumanPreference(Instrument):
             points = [(i + 0.08 * (2 * offset - 1), Estimate.from_dict(result["models"][n][key]))
                       for i, n in enumerate(names) if result["models"][n][key]]
             if points:
-                xs, estimates = zip(*points)
+                xs, estimates = zip(*points, strict=True)
                 values = [100 * e.value for e in estimates]
-                errors = [[v - 100 * e.low for v, e in zip(values, estimates)],
-                          [100 * e.high - v for v, e in zip(values, estimates)]]
+                errors = [[v - 100 * e.low for v, e in zip(values, estimates, strict=True)],
+                          [100 * e.high - v for v, e in zip(values, estimates, strict=True)]]
                 ax.errorbar(xs, values, yerr=errors, marker="o", capsize=3, linestyle="none", label=label)
         ax.axhline(50, color="grey", linestyle=":", label="chance")
         ax.set_xticks(range(len(names)), names)

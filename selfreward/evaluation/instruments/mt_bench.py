@@ -25,10 +25,10 @@ def answers(backend, chat, questions: list[dict], evaluation_cfg, seed: int, des
     first = [c for (c,) in backend.generate([chat.prompt(q["turns"][0]) for q in questions], desc=f"{desc} turn 1",
                                             **settings)]
     second = [c for (c,) in backend.generate([chat.conversation([(q["turns"][0], a.text)], q["turns"][1])
-                                              for q, a in zip(questions, first)], desc=f"{desc} turn 2", **settings)]
+                                              for q, a in zip(questions, first, strict=True)], desc=f"{desc} turn 2", **settings)]
     return [{"question_id": q["question_id"], "category": q["category"], "turns": q["turns"][:2],
              "answers": [a.text, b.text], "num_tokens": [a.num_tokens, b.num_tokens]}
-            for q, a, b in zip(questions, first, second)]
+            for q, a, b in zip(questions, first, second, strict=True)]
 
 
 def question_scores(rows: list[dict]) -> list[float | None]:
@@ -119,8 +119,8 @@ class MTBench(Instrument):
         overall = [Estimate.from_dict(models[n]["overall"]) for n in names]
         fig, ax = plt.subplots(figsize=(7, 3.2))
         values = [o.value for o in overall]
-        errors = [[v - (o.low if o.low is not None else v) for v, o in zip(values, overall)],
-                  [(o.high if o.high is not None else v) - v for v, o in zip(values, overall)]]
+        errors = [[v - (o.low if o.low is not None else v) for v, o in zip(values, overall, strict=True)],
+                  [(o.high if o.high is not None else v) - v for v, o in zip(values, overall, strict=True)]]
         ax.errorbar(names, values, yerr=errors, marker="o", capsize=3, label="this run")
         ax.plot([n for n in names if n in paper.MT_BENCH], [paper.MT_BENCH[n] for n in names if n in paper.MT_BENCH],
                 "s--", label=f"paper ({paper.MODEL}, GPT-4 judge)")

@@ -22,7 +22,7 @@ from selfreward.method import evaluation_judge
 
 def length_features(answers: list[str], references: list[str]) -> list[float]:
     """tanh of the length difference (characters) over its standard deviation, as AlpacaEval's LC does."""
-    diffs = [len(a) - len(r) for a, r in zip(answers, references)]
+    diffs = [len(a) - len(r) for a, r in zip(answers, references, strict=True)]
     sd = math.sqrt(sum(d * d for d in diffs) / len(diffs)) if diffs else 0.0
     return [math.tanh(d / sd) if sd else 0.0 for d in diffs]
 
@@ -82,10 +82,10 @@ class Reference(Instrument):
             rows = records[f"{name} vs reference"]
             write_jsonl(self.folder(run) / f"{name}.jsonl", rows)
             items[name] = list(zip([evaluation_judge.POINTS[r["outcome"]] for r in rows],
-                                   length_features(texts[name], references)))
+                                   length_features(texts[name], references), strict=True))
             estimates = bootstrap_many(items[name], _statistics, e.bootstrap_samples, cfg.seed)
             verdicts = health.pairwise([r["forward"]["verdict"] for r in rows], [r["backward"]["verdict"] for r in rows])
-            longer = [evaluation_judge.POINTS[r["outcome"]] for r, a, ref in zip(rows, texts[name], references) if len(a) > len(ref)]
+            longer = [evaluation_judge.POINTS[r["outcome"]] for r, a, ref in zip(rows, texts[name], references, strict=True) if len(a) > len(ref)]
             models[name] = {"win_rate": estimates["win_rate"].to_dict(),
                             "length_controlled": estimates["length_controlled"].to_dict(),
                             "mean_chars": sum(map(len, texts[name])) / len(texts[name]),

@@ -162,12 +162,12 @@ class RewardModel(Instrument):
         models = {k: v for k, v in self.metrics(run).items() if k != ABLATION}
         names = list(models)
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-        for ax, metric in zip(axes, ["pairwise_accuracy", "spearman"]):
+        for ax, metric in zip(axes, ["pairwise_accuracy", "spearman"], strict=True):
             scale = 100 if metric in agreement.PERCENT else 1
             ours = [models[m][metric] for m in names]
             values = [o.value * scale if o.value is not None else float("nan") for o in ours]
-            errors = [[v - (o.low * scale if o.low is not None else v) for v, o in zip(values, ours)],
-                      [(o.high * scale if o.high is not None else v) - v for v, o in zip(values, ours)]]
+            errors = [[v - (o.low * scale if o.low is not None else v) for v, o in zip(values, ours, strict=True)],
+                      [(o.high * scale if o.high is not None else v) - v for v, o in zip(values, ours, strict=True)]]
             ax.errorbar(names, values, yerr=errors, marker="o", capsize=3, label="this run")
             published = paper.REWARD_MODEL[metric]
             ax.plot([m for m in names if m in published], [published[m] for m in names if m in published],

@@ -61,7 +61,7 @@ class FastBackend(TransformersBackend):
 
     def _generate_batch(self, batch, n, temperature, top_p, max_new_tokens, seed, stop_strings, reading):
         generator = torch.Generator(device=self.device).manual_seed(seed)
-        rows = [ids[mask == 1].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+        rows = [ids[mask == 1].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
         stops = [re.escape(s) for s in stop_strings or []] + ([reading.stop] if reading and reading.stop else [])
         stop = re.compile("|".join(stops), re.IGNORECASE) if stops else None
         # rows that a sliding window would see past their prompts go apart, so that one long prompt does not

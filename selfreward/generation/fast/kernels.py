@@ -87,7 +87,7 @@ def weight_major_linears(model):
     try:
         yield model
     finally:
-        for module, forward in zip(linears, saved):
+        for module, forward in zip(linears, saved, strict=True):
             if forward is None:
                 del module.forward
             else:
@@ -120,32 +120,33 @@ def blocked_attention(module, query, key, value, attention_mask, *args, block: i
     return torch.cat(outputs, dim=1), None  # sdpa's layout: [batch, queries, heads, head_dim]
 
 
-@functools.cache
-def _blocked_attention_name(block: int) -> str:
-    """`blocked_attention` with `block` queries, registered with transformers under a name of its own, with
-    sdpa's masks."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    name = f"selfreward_blocked_sdpa_{block}"
-    AttentionInterface.register(name, functools.partial(blocked_attention, block=block))
-    AttentionMaskInterface.register(name, sdpa_mask)
-    return name
-
-
 @contextlib.contextmanager
 def blocked_attention_for(model, block: int = ATTENTION_BLOCK):
-    """Inside the block, a model on a CPU that attends with sdpa attends with `blocked_attention`; any other
-    model (a GPU, eager or flash attention) is left as it is. Outside the block nothing changes."""
+    """Inside the block, a model on a CPU that attends with sdpa attends with `blocked_attention` (known to
+    transformers under a name of its own, with sdpa's masks, for the length of the block only); any other model
+    (a GPU, eager or flash attention) is left as it is. Outside the block nothing changes."""
     before = getattr(model.config, "_attn_implementation", None)
     if model.device.type != "cpu" or before != "sdpa" or not hasattr(model, "set_attn_implementation"):
         yield model
         return
-    model.set_attn_implementation(_blocked_attention_name(block))
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    name = f"selfreward_blocked_sdpa_{block}"
+    # transformers reads masks from its class-wide registry only, so the name is registered there, and taken
+    # out again when the block ends (a block inside another leaves the outer one's in place)
+    added = name not in AttentionInterface._global_mapping
+    if added:
+        AttentionInterface.register(name, functools.partial(blocked_attention, block=block))
+        AttentionMaskInterface.register(name, sdpa_mask)
+    model.set_attn_implementation(name)
     try:
         yield model
     finally:
         model.set_attn_implementation(before)
+        if added:
+            AttentionInterface._global_mapping.pop(name, None)
+            AttentionMaskInterface._global_mapping.pop(name, None)
 
 
 def shared_prefix_batches(rows: list[list[int]], batch_size: int, min_shared: int = 32) -> list[list[int]]:

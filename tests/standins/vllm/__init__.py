@@ -106,7 +106,7 @@ class LLM:
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError("the number of sampling params must match the number of prompts")
-        return [self._one(i, p, s) for i, (p, s) in enumerate(zip(prompts, params))]
+        return [self._one(i, p, s) for i, (p, s) in enumerate(zip(prompts, params, strict=True))]
 
     @torch.no_grad()
     def _one(self, index: int, prompt, params: SamplingParams) -> RequestOutput:
