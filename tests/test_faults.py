@@ -499,7 +499,7 @@ def test_stages_left_behind_by_only_are_stale_and_publish_refuses_them(tiny_run)
     assert published.returncode == 1 and "a complete, fresh run (stale: responses, head_to_head" in last_line(published)
     dry = run_cli(out, tiny_run[0] / "cache", "--set", "dpo.learning_rate=1e-3", "--dry-run")
     assert dry.returncode == 0 and "iteration_2       skip  unchanged" in dry.stdout
-    assert "responses         run   its config or inputs changed" in dry.stdout
+    assert "responses         run   its config or inputs changed (stale: made before iteration_1 changed)" in dry.stdout
 
 
 @pytest.mark.slow

@@ -414,8 +414,8 @@ def test_a_stage_notebook_rerun_with_a_changed_parameter_is_one_recorded_experim
     dry = run_cli(out, root / "cache", "--dry-run")
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "[tweaks] keeping dpo.beta=0.3 (set in notebooks/iteration_2.ipynb" in dry.stdout
-    assert "iteration_1       run   its config or inputs changed" in dry.stdout
-    assert "iteration_2       run   if iteration_1 changes when re-run" in dry.stdout
+    assert "iteration_1       run   its config or inputs changed (stale: its config changed since it ran)" in dry.stdout
+    assert "iteration_2       run   if iteration_1 changes when re-run (stale: made from iteration_1" in dry.stdout
     assert "m1                skip  unchanged" in dry.stdout
     assert json.loads((run / "manifest.json").read_text()) == after  # a dry run writes nothing
     again = run_cli(out, root / "cache", "--no-book")

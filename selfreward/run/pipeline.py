@@ -186,7 +186,8 @@ def dry_run(cfg: Config, out_root: str | Path = "runs", force: list[str] = (), s
             reason = f"if {', '.join(upstream)} change{'s' if len(upstream) == 1 else ''} when re-run"
         if reason is not None:
             would.add(stage.name)
-        found.append((stage.name, reason))
+        stale = recorded["stages"].get(stage.name, {}).get("stale")
+        found.append((stage.name, f"{reason} (stale: {stale})" if reason and stale else reason))
     return found
 
 
