@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from selfreward import models
+from selfreward import memory, models
 from selfreward.method import data
 from selfreward.config import DataConfig, DPOConfig, ModelConfig, TrainConfig
 from selfreward.method.training import dpo_trainer, sft_trainer
@@ -78,7 +78,11 @@ def one_variant(kind: str, logprobs: str, path: str, rows: list[dict], args, que
         timer = StepTimer()
         trainer.add_callback(type("Timer", (TrainerCallback,), {"on_step_begin": timer.on_step_begin,
                                                                  "on_step_end": timer.on_step_end}))
+        with torch.no_grad():  # weights loaded from a memory-mapped file are paged in when first read: count
+            for parameter in trainer.model.parameters():  # them as the model, not as training
+                parameter.sum()
         rss_before = _rss_bytes()
+        memory.reset_resident_peak()  # the high-water mark of training alone, not of loading before it
         trainer.train()
     tokens = [len(r["input_ids"]) for r in trainer.train_dataset] if "input_ids" in trainer.train_dataset.column_names \
         else None
@@ -87,18 +91,14 @@ def one_variant(kind: str, logprobs: str, path: str, rows: list[dict], args, que
               "mean_tokens_per_example": round(statistics.mean(tokens), 1) if tokens else None}
     if timer.peak_bytes:
         result["peak_gpu_gib"] = round(max(timer.peak_bytes[1:]) / 2**30, 2)
-    else:  # CPU: the process's high-water mark above what it held before training
-        result["peak_rss_above_model_gib"] = round((_max_rss_bytes() - rss_before) / 2**30, 2)
+    else:  # CPU: the process's high-water mark while training, above what it held before
+        result["peak_rss_above_model_gib"] = round((memory.resident_peak_gb() * 1e9 - rss_before) / 2**30, 2)
     queue.put(result)
 
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * resource.getpagesize()
-
-
-def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main():

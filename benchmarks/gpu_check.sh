@@ -54,6 +54,10 @@ fi
 for profile in gpu-8b paper; do selfreward plan "params/$profile.yaml" > "$OUT/plan_$profile.txt" 2>&1 || true; done
 python benchmarks/bench_train.py --random-init --config-dir .device/gemma --finetune full --batch 16 \
     --max-length 512 --out "$OUT/bench_train.json" 2>&1 | grep -v "it/s\]" | tail -40
+# the default path (LoRA: a frozen output layer, whose gradient rows the lean head forms in its forward), at the
+# CPU benchmark's batch and length: peak GPU memory of one SFT and one DPO step against TRL's default
+python benchmarks/bench_train.py --random-init --config-dir .device/gemma --finetune lora --batch 4 \
+    --max-length 384 --out "$OUT/bench_train_lora.json" 2>&1 | grep -v "it/s\]" | tail -40
 python - <<'PY'
 import json, os, pathlib
 out = pathlib.Path(os.environ.get("OUT", "/tmp/gpu_check"))
@@ -64,8 +68,9 @@ for run, folder in [("tiny", "/tmp/gpu-runs/tiny"), ("tiny_fsdp2", "/tmp/gpu-run
     if manifest.is_file():
         stages = json.loads(manifest.read_text())["stages"]
         summary[run] = {name: {"status": e.get("status"), "seconds": e.get("duration_s"),
+                               "peak_memory": e.get("peak_memory"),
                                "processes": e.get("counts", {}).get("train_processes")} for name, e in stages.items()}
-for name in ("bench_generate.json", "bench_train.json"):
+for name in ("bench_generate.json", "bench_train.json", "bench_train_lora.json"):
     if (out / name).is_file():
         summary[name] = json.loads((out / name).read_text())
 (out / "gpu_check.json").write_text(json.dumps(summary, indent=1, default=str))

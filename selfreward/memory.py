@@ -1,5 +1,5 @@
-"""Peak memory of a stretch of work in this process: the resident set on the CPU (Linux's high-water mark,
-reset when the stretch starts) and, on a GPU, what torch allocated and reserved at most. Each stage records
+"""Peak memory of a stretch of work in this process: the resident set on the CPU (Linux's high-water mark where
+the stretch raised it, else sampled) and, on a GPU, what torch allocated and reserved at most. Each stage records
 it (`run.stages.run_stage`), the manifest keeps it, and the book's stage table and `selfreward compare` show it.
 Training launched in other processes (`launch.num_processes > 1`) is not in it.
 
@@ -8,7 +8,9 @@ This module is foundation: it imports nothing of selfreward.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import threading
 from pathlib import Path
 
 GB = 1e9
@@ -20,7 +22,7 @@ def resident_peak_gb() -> float | None:
         found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
     except OSError:
         return None
-    return int(found.group(1)) * 1e3 / GB if found else None
+    return int(found.group(1)) * 1024 / GB if found else None  # kB in /proc are KiB
 
 
 def reset_resident_peak() -> bool:
@@ -32,6 +34,14 @@ def reset_resident_peak() -> bool:
     return True
 
 
+def resident_gb() -> float | None:
+    """This process's resident set now, in GB (Linux)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GB
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Peak:
     """What `peak` measured: a mapping of readings in GB (rss_gb; cuda_allocated_gb, cuda_reserved_gb)."""
 
@@ -40,10 +50,21 @@ class Peak:
 
 
 @contextlib.contextmanager
-def peak():
-    """Measure the peak memory of a block: `with peak() as p: ...`, then `p.reading`."""
+def peak(interval: float = 0.02):
+    """Measure the peak memory of a block: `with peak() as p: ...`, then `p.reading`.
+
+    The process's own high-water mark is left alone (so that `/usr/bin/time -v` still reports a whole run's
+    peak): where the block raised it, the block's peak is that mark, exactly; otherwise it is the largest
+    resident set sampled every `interval` seconds while it ran."""
     found = Peak()
-    reset = reset_resident_peak()
+    before, sampled, stop = resident_peak_gb(), [resident_gb() or 0.0], threading.Event()
+
+    def sample():
+        while not stop.wait(interval):
+            sampled[0] = max(sampled[0], resident_gb() or 0.0)
+
+    thread = threading.Thread(target=sample, name="selfreward-memory", daemon=True)
+    thread.start()
     cuda = _cuda()
     if cuda:
         import torch
@@ -52,14 +73,31 @@ def peak():
     try:
         yield found
     finally:
-        rss = resident_peak_gb() if reset else None
-        if rss is not None:
+        stop.set()
+        thread.join()
+        after = resident_peak_gb()
+        rss = after if after is not None and before is not None and after > before else max(sampled[0],
+                                                                                           resident_gb() or 0.0)
+        if rss:
             found.reading["rss_gb"] = round(rss, 3)
         if cuda:
             import torch
 
             found.reading["cuda_allocated_gb"] = round(torch.cuda.max_memory_allocated() / GB, 3)
             found.reading["cuda_reserved_gb"] = round(torch.cuda.max_memory_reserved() / GB, 3)
+
+
+def give_back_free_pages() -> bool:
+    """Return the C allocator's free pages to the system (glibc's malloc_trim), where there is glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return bool(libc and libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def _cuda() -> bool:

@@ -86,14 +86,18 @@ def _cpuinfo_lines() -> list[str]:
 
 
 def free_memory():
-    """Collect what a trained or released model left behind (reference cycles included) and return the CUDA
-    caching allocator's blocks, so that the next model, trainer or engine finds the memory free."""
+    """Collect what a trained or released model left behind (reference cycles included) and give the memory
+    back: the CUDA caching allocator's blocks, and on Linux the C allocator's free pages (glibc keeps them for
+    the process otherwise, and a long run's kernel then holds the largest stage's peak for good)."""
     import gc
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+    from selfreward.memory import give_back_free_pages
+
+    give_back_free_pages()
 
 
 def check_device(device: str):
@@ -177,6 +181,22 @@ def resolve(spec: str, corpus=None, model_cfg=None, seed: int = 0) -> str:
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or not spec:
         raise ModelError(f"model path not found: {spec}")
     return spec  # a hub id; transformers downloads it
+
+
+def check_reward_model(spec: str):
+    """A reward model's spec (`evaluation.judge_model: reward:<spec>`) must name a sequence-classification model:
+    checked from its config, in one line, before any stage."""
+    check_spec(spec)
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve(spec))
+    except Exception as err:  # a folder without a readable config
+        raise ModelError(f"reward model {spec}: cannot read its config ({type(err).__name__})") from None
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not any(name.endswith("ForSequenceClassification") for name in architectures):
+        raise ModelError(f"reward model {spec}: not a sequence-classification model (its architectures: "
+                         f"{', '.join(architectures) or 'none named'}); evaluation.judge_model: reward:... needs one")
 
 
 def check_spec(spec: str):

@@ -94,7 +94,9 @@ CLAIMS = [
     Claim("rm_rises", "Reward-model pairwise accuracy rises SFT → M1 → M2 → M3", "65.1 → 78.7 → 80.4 → 81.7 %",
           "rises"),
     Claim("reference_rises", "Win rate vs GPT-4 Turbo rises", "AlpacaEval 2.0: 9.94 → 15.38 → 20.44 %", "rises"),
-    Claim("mt_bench_rises", "MT-Bench rises", "6.78 → 7.01 → 7.25 (M1 → M3)", "rises"),
+    Claim("mt_bench_rises", "MT-Bench rises", "6.78 → 7.01 → 7.25 (M1 → M3)", "rises",
+          "MT-Bench needs a generative evaluation judge (a reward model rates nothing on its 1-10 scale) and "
+          "evaluation.mt_bench_questions > 0"),
     Claim("longer", "Replies grow longer", "about 1,100 → 1,550 → 2,550 characters", "rises"),
     Claim("no_eft_one_score", "Without EFT the judge piles on one score (and yields few pairs)",
           "without EFT M1's judge almost always gives 4", "falls",
@@ -129,6 +131,8 @@ def value(cfg: dict, key: str):
 
 def _judge_model(cfg: dict) -> str:
     e, m = cfg["evaluation"], cfg["model"]
+    if e["judge_model"].startswith("reward:"):
+        return f"reward model {e['judge_model'].removeprefix('reward:')} (scores each answer alone; no MT-Bench)"
     return {"base": f"M0 ({m['spec']})", "endpoint": f"endpoint {e['endpoint_model']}"}.get(e["judge_model"],
                                                                                            e["judge_model"])
 

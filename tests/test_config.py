@@ -149,6 +149,11 @@ def test_the_deviations_of_the_8b_profile_name_what_differs():
     assert rows["fine-tuning"][0].startswith("LoRA (r 64") and not rows["fine-tuning"][1]
     assert rows["SFT learning rate"] == ("0.0002, cosine decay to 4e-05", False)
     assert rows["DPO learning rate"] == ("5e-06, decaying to 5e-07", False)
+    # a local reward model by default (no API key); GPT-4o one --set away
+    assert rows["evaluation judge"] == ("reward model Skywork/Skywork-Reward-V2-Llama-3.1-8B (scores each answer "
+                                        "alone; no MT-Bench)", False)
+    endpoint = load_config(REPO / "params" / "gpu-8b.yaml", ["evaluation.judge_model=endpoint"]).to_dict()
+    rows = {aspect: (ours, same) for aspect, _, ours, same in paper.deviations(endpoint, lambda stage, key: None)}
     assert rows["evaluation judge"] == ("endpoint gpt-4o-2024-08-06", False)
 
 

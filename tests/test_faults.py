@@ -573,3 +573,18 @@ def test_an_empty_training_file_and_a_partly_failed_book_say_so(tiny_run, tmp_pa
     book = run_cli(out, tiny_run[0] / "cache", *NO_EVAL[1:], command="book")
     assert book.returncode == 0, book.stderr[-2000:]
     assert last_line(book).startswith("selfreward: note: the run is not complete and fresh (failed: data; stale: ")
+
+
+@pytest.mark.slow
+def test_settings_that_ask_for_more_memory_than_the_machine_has_are_warned_before_the_stage(tiny_run):
+    """`selfreward plan`'s rules estimate the stage; over the machine's memory, one line says so before it runs (the
+    run goes on: the estimate counts max_length, and the tiny examples are shorter)."""
+    from selfreward.run import sizing
+
+    out = copy_run(tiny_run, "too-big")
+    result = run_cli(out, tiny_run[0] / "cache", "--set", "sft.max_length=2000000", "--only", "sft_baseline")
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("[sft_baseline] warning:"))
+    assert "selfreward plan estimates" in line and "(sft.per_device_batch_size 16, sft.max_length 2000000)" in line
+    assert f"more than this machine's {sizing.machine_memory_gb('cpu'):,.1f} GB" in line
+    assert "[sft_baseline] running" in result.stdout.split(line)[1]  # said before the stage, which still ran

@@ -12,7 +12,7 @@ from selfreward import paper
 
 pytestmark = pytest.mark.slow
 TRAINING = ["data", "sft_baseline", "eft", "m1", "iteration_1", "iteration_2"]
-INSTRUMENTS = ["head_to_head", "reference", "reward_model", "human_preference", "mt_bench", "lengths"]
+INSTRUMENTS = ["head_to_head", "reference", "reward_model", "ifeval", "human_preference", "mt_bench", "lengths"]
 STAGES = TRAINING + ["responses"] + INSTRUMENTS + ["results"]
 
 
@@ -169,8 +169,9 @@ def test_evaluation_outputs_and_results_chapter(tiny_run):
     assert "m3 vs sft_baseline" in html and "pairwise accuracy" in html and "positive-only examples" in html
     assert "Deviations" not in html and "judge prompt" in html  # the deviations table: aspect rows
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
-    # win/tie/loss bars, reward-model metrics and score histograms, human preference, MT-Bench, lengths, judge health
-    assert len(figures) == 7
+    # win/tie/loss bars, reward-model metrics and score histograms, IFEval (per model, per instruction kind), human
+    # preference, MT-Bench, lengths, judge health
+    assert len(figures) == 9
     # the findings: one row per paper claim and instrument; the tiny judge answers by position, so every
     # head-to-head row says so instead of a verdict
     from selfreward.run import report

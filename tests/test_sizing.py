@@ -38,9 +38,18 @@ def test_memory_by_hand_one_process_full_sft():
     assert parts["weights"] == parts["gradients"] == 4 * 336192 and parts["optimizer"] == 8 * 336192
     # 256 tokens x 2 bytes x (2 layers x 64 + 6 x 64 + 2 x 4 x 16 + 4 x 128 = 1152 values)
     assert parts["activations"] == 589_824
-    assert parts["logits"] == 256 * 2048 * 10 == 5_242_880
-    assert memory["total"] == 2_000_000_000 + 16 * 336192 + 589_824 + 5_242_880 == 2_011_211_776
+    # the lean head, training (full fine-tuning) with recomputation: one chunk of 64 positions, fp32 and bf16 twice
+    assert parts["logits"] == 64 * 2048 * (4 + 2 + 2) == 1_048_576
+    assert memory["total"] == 2_000_000_000 + 16 * 336192 + 589_824 + 1_048_576 == 2_007_017_472
     assert memory["host_offload"] == 0
+    trl = sizing.training_memory(SMALL, ModelConfig(finetune="full"), TrainConfig(per_device_batch_size=2,
+                                 max_length=128, logprobs="trl"), sizing.Strategy("one process"), world=1, dpo=False)
+    assert trl["parts"]["logits"] == 256 * 2048 * 10 == 5_242_880  # TRL's head: every position, fp32 twice
+    without = sizing.training_memory(SMALL, ModelConfig(finetune="full"), TrainConfig(per_device_batch_size=2,
+                                     max_length=128, recompute=False), sizing.Strategy("one process"), world=1, dpo=False)
+    # every layer's activations (2 x 1024 values), and the head's logits kept for the backward (256 x 2048 bf16)
+    assert without["parts"]["activations"] == 256 * 2 * 2 * 1024 and \
+        without["parts"]["logits"] == 1_048_576 + 256 * 2048 * 2
 
 
 def test_memory_by_hand_fsdp_full_shard_dpo_over_four_gpus():
@@ -54,7 +63,8 @@ def test_memory_by_hand_fsdp_full_shard_dpo_over_four_gpus():
     assert memory["total"] == sum(v for k, v in parts.items() if k != "reference")
     assert memory["host_loading_rank0"] == 4 * 336192  # rank 0 reads and upcasts all P = 336192 parameters, on the host
     assert parts["gathered_layers"] == 2 * 36992 * 2  # two layers in bf16
-    assert parts["activations"] == 2 * 589_824 and parts["logits"] == 2 * 5_242_880  # chosen + rejected rows
+    # chosen + rejected rows: twice the activations; the head's chunk is the same, 64 positions
+    assert parts["activations"] == 2 * 589_824 and parts["logits"] == 1_048_576
     offload = sizing.training_memory(SMALL, ModelConfig(finetune="full"), DPOConfig(per_device_batch_size=2,
                                      max_length=128), sizing.Strategy("x", "fsdp", True, True, True, True), world=4,
                                      dpo=True)
@@ -71,6 +81,24 @@ def test_lora_keeps_frozen_weights_and_trains_adapters():
                                     sizing.Strategy("one process", "single"), world=1, dpo=False)
     assert memory["parts"]["weights"] == 2 * 336192 and memory["parts"]["optimizer"] == 0
     assert memory["parts"]["adapter"] == 16 * SMALL.lora_parameters(8)
+    # a frozen head (LoRA): one chunk, and the [tokens, hidden] fp32 gradient rows kept for the backward
+    tokens = 4 * 128
+    assert memory["parts"]["logits"] == 64 * 2048 * 8 + tokens * 64 * 4
+
+
+def test_the_plan_sizes_the_head_by_the_rule_the_trainer_runs_by():
+    """`plan` and the lean trainer share one rule (`method.budget`): the chunk is the trainer's own, and what the
+    plan counts for a frozen head is what the trainer keeps (tests/test_training.py counts that)."""
+    from selfreward.method import budget
+    from selfreward.method.lean import SelectedLogProbs
+
+    assert SelectedLogProbs.CHUNK == budget.HEAD_CHUNK
+    cfg = load_config(REPO / "params" / "cpu-small.yaml")
+    arch = sizing.GEMMA_3_270M
+    memory = sizing.training_memory(arch, cfg.model, cfg.sft, sizing.Strategy("one process"), world=1, dpo=False)
+    tokens = cfg.sft.per_device_batch_size * cfg.sft.max_length
+    assert memory["parts"]["logits"] == sum(budget.head_bytes(tokens, arch.vocab, arch.hidden, 2, False, True).values())
+    assert memory["parts"]["logits"] < tokens * arch.vocab  # never a [tokens x vocabulary] tensor
 
 
 def plan(*args):

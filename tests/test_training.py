@@ -132,8 +132,11 @@ def test_lean_losses_equal_trls(tiny_model_dir, tmp_path, kind, finetune):
         assert abs(losses["trl"] - 0.6931) > 1e-3  # the nudge made the comparison meaningful
 
 
-@pytest.mark.parametrize("cap,recompute", [(None, False), (5.0, False), (5.0, True)])
-def test_selected_logprobs_gradients_equal_autograds(cap, recompute, monkeypatch):
+@pytest.mark.parametrize("cap,recompute,trains_head", [(None, False, True), (5.0, False, True), (5.0, True, True),
+                                                       (None, False, False), (5.0, True, False)])
+def test_selected_logprobs_gradients_equal_autograds(cap, recompute, trains_head, monkeypatch):
+    """Values and gradients as autograd's, for any upstream gradient: with a trained head (logits kept, or formed
+    again), and with a frozen one (LoRA), whose gradient rows are formed in the forward."""
     monkeypatch.setattr(SelectedLogProbs, "CHUNK", 3)
     torch.manual_seed(0)
     hidden, weight = torch.randn(7, 8, dtype=torch.float64), torch.randn(50, 8, dtype=torch.float64)
@@ -146,12 +149,39 @@ def test_selected_logprobs_gradients_equal_autograds(cap, recompute, monkeypatch
 
     grads = []
     for function in (reference, lambda h, w: SelectedLogProbs.apply(h, w, targets, cap, recompute)):
-        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_(trains_head)
         values = function(h, w)
         (values.double() * upstream).sum().backward()
         grads.append((values.double().detach(), h.grad, w.grad))
     for expected, ours in zip(*grads, strict=True):
         torch.testing.assert_close(ours, expected)
+
+
+@pytest.mark.parametrize("trains_head,recompute", [(False, True), (True, True), (True, False)])
+def test_the_head_never_keeps_vocabulary_sized_tensors_for_the_backward_unless_asked(trains_head, recompute):
+    """What the output layer saves for its backward, counted by autograd's hooks, is what `head_bytes` says:
+    [positions, hidden] gradient rows for a frozen head, nothing of vocabulary size when it trains with
+    `recompute`, its logits only when asked not to recompute."""
+    from selfreward.method.budget import head_bytes
+
+    positions, vocab, width = 300, 4096, 16
+    hidden = torch.randn(positions, width, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(vocab, width, dtype=torch.bfloat16, requires_grad=trains_head)
+    targets = torch.randint(0, vocab, (positions,))
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        values = SelectedLogProbs.apply(hidden, weight, targets, None, recompute)
+    values.sum().backward()
+    rule = head_bytes(positions, vocab, width, 2, trains_head, recompute)
+    vocabulary_sized = [b for b in saved if b >= positions * vocab]
+    assert vocabulary_sized == ([] if recompute or not trains_head else [positions * vocab * 2])
+    kept = sum(saved) - (0 if not trains_head else positions * width * 2 + vocab * width * 2 + positions * 12)
+    assert kept == rule["kept_for_backward"], saved
 
 
 def test_fast_dropout_has_dropouts_law_and_replaces_it():

@@ -179,24 +179,24 @@ def test_the_variant_options_are_fingerprinted_only_when_set():
 # (the tiny judge's scores differ by hundredths: a rho of 0.5 would leave no pair; the anchor is M1, as in
 # params/cpu-ablation.yaml: the random-init M0 rarely ends a candidate, and a cut one enters no pair)
 VARIANTS = ("ablation.variants={implicit: {reward: implicit}, length: {length_rho: 0.0005}, meta: {meta_judge: true}, "
-            "anchored: {anchor: m1, start: m2}, consistency: {consistency: true, start: m2}, toy: {toy_longest: true}}")
+            "anchored: {anchor: m1, start: m2}, consistency: {consistency: true, start: m2}, toy: {toy_runner_up: true}}")
 
 TOY_FIX = '''
-"""A toy small-model fix, in one module outside the package: the longest usable candidate chosen, the shortest
-rejected (a pair still needs the chosen scored above the rejected)."""
+"""A toy small-model fix, in one module outside the package: a close pair, the best-scored usable candidate
+chosen and the next best rejected (the recipe rejects the worst)."""
 from selfreward.method.fixes import Fix, Option, register
 
 
 @register
-class LongestFirst(Fix):
-    name = "toy_longest"
-    options = {"toy_longest": Option(False, bool)}
-    rule = "the longest usable candidate is chosen, the shortest rejected"
+class RunnerUp(Fix):
+    name = "toy_runner_up"
+    options = {"toy_runner_up": Option(False, bool)}
+    rule = "the best-scored usable candidate is chosen, the next best rejected"
     chooses = True
 
     def choose(self, scored, record, section):
-        ordered = sorted(scored, key=lambda c: len(c["response"]))
-        return (ordered[-1], ordered[0]) if len(ordered) >= 2 else None
+        ordered = sorted(scored, key=lambda c: -c["score"])
+        return (ordered[0], ordered[1]) if len(ordered) >= 2 else None
 '''
 
 TOY_INSTRUMENT = '''
@@ -252,20 +252,20 @@ def test_every_aift_option_shapes_a_whole_runs_pairs_as_its_rule_says(tiny_run, 
     recipe_dir, aift_dir = root / "runs" / "tiny" / "aift" / "m1", out / "tiny" / "aift" / "m1"
     recipe = rows(recipe_dir / "pairs.jsonl")
     env = plugins(tmp_path / "plugins")
-    for option in ("length_rho=0.0005", "anchor=m1", "reward=implicit", "meta_judge=true", "toy_longest=true"):
+    for option in ("length_rho=0.002", "anchor=m1", "reward=implicit", "meta_judge=true", "toy_runner_up=true"):
         result = run_cli(out, root / "cache", "--set", f"aift.{option}", "--only", "iteration_1", env=env)
         assert result.returncode == 0, result.stderr[-2000:]
         assert rows(aift_dir / "candidates.jsonl") == rows(recipe_dir / "candidates.jsonl"), option  # the same ones
         prepared, made = rows(aift_dir / "prepared.jsonl"), rows(aift_dir / "pairs.jsonl")
         answers, judge_pairs = [p for p in made if not p.get("judge_pair")], [p for p in made if p.get("judge_pair")]
         key, value = option.split("=")
-        if key == "toy_longest":  # the plugin's rule, written out here
+        if key == "toy_runner_up":  # the plugin's rule, written out here
             expected = []
             for record in prepared:
                 usable = sorted((c for c in record["candidates"] if c["score"] is not None and c["finished"]
-                                 and c["response"].strip()), key=lambda c: len(c["response"]))
-                if len(usable) >= 2 and usable[-1]["score"] > usable[0]["score"]:
-                    expected.append((record["prompt"], usable[-1]["response"], usable[0]["response"]))
+                                 and c["response"].strip()), key=lambda c: -c["score"])
+                if len(usable) >= 2 and usable[0]["score"] > usable[1]["score"]:
+                    expected.append((record["prompt"], usable[0]["response"], usable[1]["response"]))
             assert [(p["prompt"], p["chosen"], p["rejected"]) for p in answers] == expected
         else:
             assert answers == fixes.pairs_from(prepared, aift(**{key: __import__("yaml").safe_load(value)})), option
@@ -293,13 +293,13 @@ def test_a_toy_fix_from_outside_the_package_is_one_class(tmp_path, monkeypatch):
     env = plugins(tmp_path)
     monkeypatch.setenv("SELFREWARD_FIXES", env["SELFREWARD_FIXES"])
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = load_config(REPO / "params" / "tiny.yaml", ["aift.toy_longest=true"])
+    cfg = load_config(REPO / "params" / "tiny.yaml", ["aift.toy_runner_up=true"])
     fixes.check(cfg)
-    assert [f.name for f in fixes.on(cfg.aift)] == ["toy_longest"]
+    assert [f.name for f in fixes.on(cfg.aift)] == ["toy_runner_up"]
     records = [{"prompt": "p", "candidates": [candidate("a long and good answer", 4.0), candidate("short", 1.0),
                                               candidate("mid answer", 2.0)]}]
     (made,) = fixes.pairs_from(records, cfg.aift)
-    assert (made["chosen"], made["rejected"]) == ("a long and good answer", "short")
+    assert (made["chosen"], made["rejected"]) == ("a long and good answer", "mid answer")
     monkeypatch.setenv("SELFREWARD_FIXES", "no_such_fix_module")
     with pytest.raises(ConfigError, match=r"^SELFREWARD_FIXES: plugin module 'no_such_fix_module' cannot be imported "
                                           r"\(ModuleNotFoundError: No module named 'no_such_fix_module'\)$"):
@@ -328,12 +328,12 @@ def test_the_ablation_runs_every_variant_from_the_same_models_and_compares_them(
     assert all("judge_score" in c for r in implicit for c in r["candidates"])
     ablation = json.loads((run / "eval" / "ablation.json").read_text())
     assert set(ablation["variants"]) == {"implicit", "length", "meta", "anchored", "consistency", "toy"}
-    assert ablation["variants"]["toy"]["fixes"] == ["toy_longest"]
+    assert ablation["variants"]["toy"]["fixes"] == ["toy_runner_up"]
     assert ablation["variants"]["consistency"]["recipe"] == "m3" and ablation["variants"]["implicit"]["recipe"] == "m2"
-    # every per-model instrument's differences (reward model, judge-free, length and finished answers, and the toy
-    # plugin's, which joined by its hooks alone) and the usable pairs, for each of the six variants
-    assert ablation["instruments"] == ["reward_model", "human_preference", "lengths", "toy_digits"]
-    assert len(ablation["differences"]) == 6 * 6
+    # every per-model instrument's differences (reward model, IFEval's four, judge-free, length and finished
+    # answers, and the toy plugin's, which joined by its hooks alone) and the usable pairs, for each of six variants
+    assert ablation["instruments"] == ["reward_model", "ifeval", "human_preference", "lengths", "toy_digits"]
+    assert len(ablation["differences"]) == 6 * 10
     assert {d["metric"] for d in ablation["differences"]} >= {"answers with a digit", "prompts with a usable pair"}
     assert all(d["estimate"]["n"] > 0 for d in ablation["differences"])
     results = (run / "book" / "_build" / "html" / "run" / "results.html").read_text()

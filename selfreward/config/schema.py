@@ -60,6 +60,7 @@ class DataConfig:
     # the model whose AlpacaEval outputs are the "reference" (AlpacaEval 2.0's GPT-4 Turbo); checked on load
     alpaca_eval_generator: str = "gpt4_1106_preview"
     mt_bench_hub_id: str = "HuggingFaceH4/mt_bench_prompts"  # or the mirror's eval/mt_bench_questions.jsonl
+    ifeval_hub_id: str = field(default="google/IFEval", metadata=WHEN_SET)  # or the mirror's eval/ifeval.jsonl
     ift_size: int = 3200  # capped by what the data holds (after the EFT source is taken out)
     # training prompts with >= 2 ranked replies for the SFT baseline to judge, BEFORE the agreement filter:
     # only prompts whose judgments order the replies as the humans do become EFT examples (one per reply);
@@ -86,13 +87,16 @@ class GenerationConfig:
     # vllm: selfreward.generation.vllm (GPU, the `vllm` extra), with tensor parallelism over GPUs
     backend: Literal["transformers", "fast", "vllm"] = "fast"
     batch_size: int = 16
+    # a batch holds at most batch_size x tokens_per_row padded tokens (prompt and new tokens): long prompts and
+    # texts go in fewer rows. The memory of a batch (its KV cache, a prefill's activations) scales with it
+    tokens_per_row: int = field(default=512, metadata=WHEN_SET)
     tensor_parallel_size: int = 1  # vllm only: GPUs one engine spans
     gpu_memory_utilization: float = 0.85  # vllm only: the share of each GPU's memory the engine may take
     max_model_len: int = 0  # vllm only: the longest prompt + generation the engine plans for; 0 = the model's own
     enforce_eager: bool = False  # vllm only: no CUDA graphs (slower decoding, faster start, less memory)
 
     def validate(self, key):
-        _positive(self, key, "batch_size", "tensor_parallel_size")
+        _positive(self, key, "batch_size", "tensor_parallel_size", "tokens_per_row")
         _check(self.max_model_len >= 0, f"{key}.max_model_len", "must be >= 0 (0 = the model's own)")
         _check(0 < self.gpu_memory_utilization <= 1, f"{key}.gpu_memory_utilization", "must be in (0, 1]")
 
@@ -214,9 +218,14 @@ class TrainConfig:
     max_length: int = 1024
     dropout: float = 0.1
     warmup_ratio: float = 0.0
-    # selected: the loss projects only response tokens through the output layer (method.lean.token_logprobs);
+    # selected: the loss projects only response tokens through the output layer (method.lean.token_logprobs),
+    # a chunk of positions at a time, never holding [tokens x vocabulary] across the backward;
     # trl: TRL's default head (every position on CPU, plus entropy/accuracy metrics), kept for comparison
     logprobs: Literal["selected", "trl"] = "selected"
+    # with logprobs: selected, the decoder's activations are recomputed in the backward (activation
+    # checkpointing): a step holds one layer's activations instead of all of them, for one more forward pass
+    # (about a third more compute; the lean step stays faster than TRL's). The trl head recomputes on GPUs only.
+    recompute: bool = field(default=True, metadata=WHEN_SET)
     # anything else of TRL's SFTConfig / DPOConfig, passed through (weight_decay, optim, max_grad_norm, ...)
     trainer_args: dict = field(default_factory=dict)
     report_to: Literal["none", "tensorboard", "wandb"] = "none"  # an experiment tracker, where installed
@@ -253,9 +262,12 @@ class DPOConfig(TrainConfig):
 @dataclass
 class EvaluationConfig:
     enabled: bool = True
-    # the model that judges evaluations (head to head): "base" (M0), a run model (sft_baseline, m1, ...),
-    # any model spec, or "endpoint"
+    # the model that judges evaluations (head to head, the reference comparison): "base" (M0), a run model
+    # (sft_baseline, m1, ...), any model spec, "endpoint", or "reward:<hub id or folder>", a sequence-classification
+    # reward model that scores each answer alone (a comparison is won by the higher reward; MT-Bench needs a
+    # generative judge and is left out with it)
     judge_model: str = "base"
+    reward_tie_tolerance: float = field(default=0.0, metadata=WHEN_SET)  # rewards this close are a tie
     judge_mode: Literal["sampled", "constrained"] = "constrained"
     endpoint_base_url: Optional[str] = None  # an OpenAI-compatible API, e.g. https://api.openai.com/v1
     endpoint_model: Optional[str] = None
@@ -279,11 +291,21 @@ class EvaluationConfig:
     hp_max_reply_tokens: int = 0  # score the first N tokens of each reply; 0 = the whole reply
     mt_bench_questions: int = 80  # MT-Bench questions (both turns), categories evenly; 0 = no MT-Bench
     bootstrap_samples: int = 1000
+    # IFEval (evaluation.instruments.ifeval): instructions a program checks. Prompts answered by every model
+    # (M0 too): a seeded sample of the 541, 0 = all, -1 = no IFEval; greedy answers, as the field reports them,
+    # of at most ifeval_max_new_tokens (a prompt asking for 300+ words needs about 500)
+    ifeval_prompts: int = field(default=0, metadata=WHEN_SET)
+    ifeval_max_new_tokens: int = field(default=512, metadata=WHEN_SET)
+    ifeval_temperature: float = field(default=0.0, metadata=WHEN_SET)
 
     def validate(self, key):
         _positive(self, key, "max_new_tokens", "rm_samples", "bootstrap_samples")
         for name in ("rm_prompts", "rm_max_reply_chars", "hp_prompts", "hp_max_reply_tokens", "mt_bench_questions"):
             _check(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+        _check(self.ifeval_prompts >= -1, f"{key}.ifeval_prompts", "must be >= 0 (0 = all), or -1 for no IFEval")
+        _positive(self, key, "ifeval_max_new_tokens")
+        _check(self.ifeval_temperature >= 0, f"{key}.ifeval_temperature", "must be >= 0")
+        _check(self.reward_tie_tolerance >= 0, f"{key}.reward_tie_tolerance", "must be >= 0")
         _sampling(self, key)
         # a key pasted where the variable's name belongs is refused before it is written anywhere (no echo)
         _check(re.fullmatch(r"[A-Z_][A-Z0-9_]{0,63}", self.endpoint_api_key_env) is not None,
@@ -366,9 +388,11 @@ class Config:
         _check(model_reference_ok(self.self_instruct.prompt_model, ["base", "current"]),
                "self_instruct.prompt_model", f"unknown model {self.self_instruct.prompt_model!r} (expected base, "
                "current, or a model spec: a hub id owner/name, a local folder, embedded:..., tiny)")
-        _check(model_reference_ok(self.evaluation.judge_model, ["base", "endpoint"] + names),
-               "evaluation.judge_model", f"unknown model {self.evaluation.judge_model!r} (expected base, endpoint, "
-               f"{', '.join(names)}, or a model spec)")
+        judge = self.evaluation.judge_model
+        _check(model_reference_ok(judge.removeprefix("reward:"), [] if judge.startswith("reward:") else
+                                  ["base", "endpoint"] + names), "evaluation.judge_model",
+               f"unknown model {judge!r} (expected base, endpoint, {', '.join(names)}, a model spec, or "
+               "reward:<a sequence-classification model's hub id or folder>)")
         rm_temperature = self.judge.temperature if self.evaluation.rm_temperature is None else self.evaluation.rm_temperature
         _check(rm_temperature >= 0, "evaluation.rm_temperature", "must be >= 0")
         _check(rm_temperature > 0 or self.evaluation.rm_samples == 1, "evaluation.rm_samples",
@@ -431,7 +455,7 @@ MANAGED_TRAINER_ARGS = {
     "warmup_steps": "warmup_ratio", "warmup_ratio": "warmup_ratio", "seed": "seed (top level)", "report_to": "report_to", "beta": "beta",
     "bf16": "model.dtype", "fp16": "model.dtype", "use_cpu": "model.device", "output_dir": None,
     "logging_steps": None, "save_strategy": None, "completion_only_loss": None, "packing": None,
-    "disable_dropout": "dropout", "precompute_ref_log_probs": None, "gradient_checkpointing": "model.device",
+    "disable_dropout": "dropout", "precompute_ref_log_probs": None, "gradient_checkpointing": "recompute",
 }
 
 

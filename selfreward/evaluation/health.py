@@ -63,6 +63,33 @@ def pairwise(forward: list, backward: list) -> Health:
                                               "unreadable_share": unreadable})
 
 
+def of_comparisons(records: list[dict]) -> Health:
+    """The health of the judge behind `both_orders`' records: a reward model's (`rewards`) or a pairwise
+    judge's (`pairwise`)."""
+    if records and "rewards" in records[0]["forward"]:
+        return rewards(records)
+    return pairwise([r["forward"]["verdict"] for r in records], [r["backward"]["verdict"] for r in records])
+
+
+def rewards(records: list[dict]) -> Health:
+    """A reward-model judge (`evaluation_judge.RewardJudge`): it has no slot to prefer and its two orders agree
+    by construction, so what can fail is the scale: rewards that barely vary, or comparisons mostly tied. The
+    records are `both_orders`' (each verdict carries both rewards)."""
+    values = [r for record in records for r in record["forward"]["rewards"]]
+    ties = sum(record["outcome"] == "tie" for record in records)
+    spread = math.sqrt(sum((v - sum(values) / len(values)) ** 2 for v in values) / len(values)) if values else 0.0
+    tie_share = ties / len(records) if records else None
+    reasons = []
+    if tie_share is not None and tie_share > MAX_UNREADABLE:
+        reasons.append(f"{tie_share:.0%} of its comparisons are ties")
+    if values and spread == 0:
+        reasons.append("its rewards are all the same")
+    return _verdict(reasons, bool(values), {"reward_spread": spread, "tie_share": tie_share,
+                                            "reward_range": [min(values), max(values)] if values else None,
+                                            "first_slot_rate": None, "order_consistency": None,
+                                            "unreadable_share": 0.0})
+
+
 def scores(values: list[float | None], low: int, high: int) -> Health:
     """Scores on the range low..high (None = unreadable)."""
     readable = [v for v in values if v is not None]

@@ -92,6 +92,10 @@ class Instrument:
         """The instruments whose results it reads in this run."""
         return self.after
 
+    def inputs(self, cfg: Config) -> str:
+        """What it reads from outside the run (a benchmark's file), for its stage's fingerprint."""
+        return ""
+
     # ------------------------------------------------------------ measuring
     def run(self, cfg: Config, run: RunDir) -> dict:
         """Measure, write `file(run)` (and anything under `folder(run)`), return the stage's counts."""
@@ -125,10 +129,13 @@ class Instrument:
 
     @staticmethod
     def loaded(cfg: Config, run: RunDir, model: str):
-        """A model of the run (or a variant's) loaded with the configured engine, for a `with` block."""
+        """A model of the run (or a variant's), or `base` (M0), loaded with the configured engine, for a `with`
+        block."""
         from selfreward.generation import loaded_backend
+        from selfreward.method.model_refs import model_path
 
-        return loaded_backend(str(RunDir(run).model(model)), cfg)
+        folder = RunDir(run).model(model)
+        return loaded_backend(str(folder) if folder.is_dir() else model_path(cfg, RunDir(run), model), cfg)
 
     def measure_models(self, cfg: Config, run: RunDir, models: list[str]) -> tuple[dict[str, list[dict]], int]:
         """`measure` for each of the run's named models, one loaded at a time, each model's rows written where

@@ -61,10 +61,11 @@ class Backend:
 
     reads_while_generating = False  # False: a `Reading` is a second pass over prompt + kept text + suffix
 
-    def __init__(self, tokenizer, stop_ids: list[int], batch_size: int = 16):
+    def __init__(self, tokenizer, stop_ids: list[int], batch_size: int = 16, tokens_per_row: int = 512):
         self.tokenizer = tokenizer
         self.stop_ids = stop_ids
         self.batch_size = batch_size  # rows generated together (prompts x samples)
+        self.tokens_per_row = tokens_per_row  # a batch holds at most batch_size x this many padded tokens
         self.tokens_generated = 0  # for stage statistics
         self.tokenizer.padding_side = "left"  # decoder-only generation needs left padding
 
@@ -155,6 +156,7 @@ def length_batches(lengths: list[int], size: int) -> list[list[int]]:
 
 
 BATCH_TOKENS_PER_PROMPT = 512  # a batch of generation.batch_size prompts is sized for prompts of this length
+# (generation.tokens_per_row changes it: its memory, the KV cache and a prefill's activations, scales with it)
 
 
 def budget_batches(lengths: list[int], size: int, tokens_per_prompt: int = BATCH_TOKENS_PER_PROMPT) -> list[list[int]]:

@@ -5,15 +5,15 @@ import torch
 from tqdm import tqdm  # text bars: papermill streams them to the log
 
 from selfreward import models
-from selfreward.generation.contract import (Backend, Completion, Engine, budget_batches, length_batches, normalised_options,
+from selfreward.generation.contract import (Backend, Completion, Engine, budget_batches, normalised_options,
                                            register_engine)
 
 
 class TransformersBackend(Backend):
     """`model.generate` over batches of similar-length prompts; a `Reading` is a second pass."""
 
-    def __init__(self, model, tokenizer, stop_ids: list[int], batch_size: int = 16):
-        super().__init__(tokenizer, stop_ids, batch_size)
+    def __init__(self, model, tokenizer, stop_ids: list[int], batch_size: int = 16, tokens_per_row: int = 512):
+        super().__init__(tokenizer, stop_ids, batch_size, tokens_per_row)
         self.model = model.eval()
 
     @property
@@ -33,7 +33,8 @@ class TransformersBackend(Backend):
         # batches in order of length (a prompt and its new tokens), fewer rows for long prompts; results go back
         # in the input order
         encoded = self.tokenizer(prompts).input_ids
-        batches = budget_batches([len(ids) + max_new_tokens for ids in encoded], max(1, self.batch_size // n))
+        batches = budget_batches([len(ids) + max_new_tokens for ids in encoded], max(1, self.batch_size // n),
+                                 self.tokens_per_row)
         with tqdm(total=len(prompts), desc=desc, unit="prompt") as bar:
             for batch_no, index in enumerate(batches):
                 batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in index]},
@@ -88,7 +89,8 @@ class TransformersBackend(Backend):
         """The output layer runs at the continuation's tokens only."""
         rows = self.continuation_rows(items, max_tokens)
         results: list = [None] * len(rows)
-        batches = length_batches([len(r[0]) for r in rows], self.batch_size)
+        # long texts in fewer rows, as generation batches them: a batch's activations stay bounded
+        batches = budget_batches([len(r[0]) for r in rows], self.batch_size, self.tokens_per_row)
         pad, decoder = self.tokenizer.pad_token_id, self.model.get_decoder()
         with tqdm(total=len(rows), desc=desc, unit="text") as bar:
             for batch in batches:
@@ -131,7 +133,7 @@ def read_options(probs: torch.Tensor, option_ids: list[int]) -> tuple[list[float
 
 def load(path: str, cfg, tokenizer, stop_ids: list[int]) -> TransformersBackend:
     model = models.load_model(path, dtype=cfg.model.dtype, device=cfg.model.device)
-    return TransformersBackend(model, tokenizer, stop_ids, cfg.generation.batch_size)
+    return TransformersBackend(model, tokenizer, stop_ids, cfg.generation.batch_size, cfg.generation.tokens_per_row)
 
 
 register_engine(Engine("transformers", load))

@@ -125,6 +125,38 @@ def load_mt_bench(data_cfg) -> list[dict]:
             for row in load_dataset(data_cfg.mt_bench_hub_id, split="train")]
 
 
+IFEVAL_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
+
+
+def load_ifeval(data_cfg) -> list[dict]:
+    """IFEval's 541 prompts with their verifiable instructions (the hub's `google/IFEval` rows): from the mirror's
+    eval/ifeval.jsonl, else the hub. A malformed row is a one-line DataError naming the file and the line."""
+    root = local_dir(data_cfg)
+    if root is None:
+        from datasets import load_dataset
+
+        return [dict(row) for row in load_dataset(data_cfg.ifeval_hub_id, split="train")]
+    path = _mirror_file(root, "eval/ifeval.jsonl")
+    rows = read_jsonl_rows(path, IFEVAL_FIELDS)
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row["instruction_id_list"], list) or not isinstance(row["kwargs"], list) \
+                or len(row["instruction_id_list"]) != len(row["kwargs"]):
+            raise DataError(f"{path} row {number} (key {row['key']}): instruction_id_list and kwargs must be lists "
+                            "of the same length")
+    if not rows:
+        raise DataError(f"{path}: no IFEval prompt in it")
+    return rows
+
+
+def ifeval_identity(data_cfg) -> str:
+    """Where IFEval is read from, for the fingerprint of the stage that reads it: the file's hash, or the hub id."""
+    root = local_dir(data_cfg)
+    path = root / "eval" / "ifeval.jsonl" if root is not None else None
+    if path is None:
+        return f"hub:{data_cfg.ifeval_hub_id}"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "absent"
+
+
 def mt_bench_order(questions: list[dict], seed: int) -> list[dict]:
     """A seeded order in which any first N questions cover the categories evenly (round robin)."""
     rng = random.Random(seed)

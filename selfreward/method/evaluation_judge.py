@@ -1,6 +1,7 @@
-"""The evaluation judge (`evaluation.judge_model`): a local model or any OpenAI-compatible endpoint. It
-gives pairwise verdicts (which of two outputs follows an instruction better) and single-answer ratings
-(MT-Bench, 1-10). `both_orders` asks for every verdict with each output in each slot, as the paper does:
+"""The evaluation judge (`evaluation.judge_model`): a local model, any OpenAI-compatible endpoint, or a
+reward model (`reward:<hub id or folder>`, a sequence-classification model that scores each answer alone). It
+gives pairwise verdicts (which of two outputs follows an instruction better) and, when generative,
+single-answer ratings (MT-Bench, 1-10). `both_orders` asks for every verdict with each output in each slot, as the paper does:
 a model wins a prompt when the judge prefers it in both orders, loses when the judge prefers the other in
 both, and anything else (inconsistent or unreadable) is a tie. Checkpoint selection (the method) and the
 evaluation instruments use it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 import urllib.error
@@ -67,6 +69,84 @@ class LocalJudge:
             probs = [f[0] * a[1]] + f[1:] + [f[0] * a[0]]  # 1, 2..9, 10
             result.append([q / sum(probs) for q in probs])
         return result
+
+
+REWARD = "reward:"  # evaluation.judge_model: reward:<hub id or folder of a sequence-classification model>
+
+
+def is_reward_model(judge_model: str) -> bool:
+    return judge_model.startswith(REWARD)
+
+
+@dataclass
+class RewardJudge:
+    """A reward model as the evaluation judge: each (instruction, answer) gets a scalar reward from a
+    sequence-classification model, in its own chat format, and a comparison is won by the higher reward (a tie
+    when the two differ by at most `tolerance`): there is no slot to be biased toward, and its two orders agree by
+    construction. `p_a` is the Bradley-Terry probability sigmoid(r_a - r_b). It rates nothing on MT-Bench's scale
+    (a generative judge does that)."""
+
+    model: object
+    tokenizer: object
+    tolerance: float = 0.0
+    batch_size: int = 8
+
+    def __post_init__(self):
+        self.cache: dict[tuple[str, str], float] = {}
+
+    def text(self, instruction: str, answer: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": instruction},
+                                                       {"role": "assistant", "content": answer}], tokenize=False)
+        return f"{instruction}\n\n{answer}"
+
+    def rewards(self, items: list[tuple[str, str]]) -> list[float]:
+        """The reward of each (instruction, answer), each scored once however often it is asked for."""
+        import torch
+
+        wanted = [item for item in dict.fromkeys(items) if item not in self.cache]
+        wanted.sort(key=lambda item: len(item[0]) + len(item[1]))  # batches of similar length pad little
+        device = next(self.model.parameters()).device
+        for start in range(0, len(wanted), self.batch_size):
+            batch = wanted[start:start + self.batch_size]
+            longest = min(getattr(self.tokenizer, "model_max_length", 8192), 8192)  # (some say 10**30: no limit)
+            encoded = self.tokenizer([self.text(*item) for item in batch], return_tensors="pt", padding=True,
+                                     truncation=True, max_length=longest).to(device)
+            with torch.no_grad():
+                scores = self.model(**encoded).logits[:, 0].float().tolist()
+            self.cache.update(zip(batch, scores, strict=True))
+        return [self.cache[item] for item in items]
+
+    def verdicts(self, triples: list[tuple[str, str, str]]) -> list[dict]:
+        rewards = self.rewards([(i, a) for i, a, _ in triples] + [(i, b) for i, _, b in triples])
+        found = []
+        for r_a, r_b in zip(rewards[:len(triples)], rewards[len(triples):], strict=True):
+            verdict = None if abs(r_a - r_b) <= self.tolerance else "a" if r_a > r_b else "b"
+            found.append({"verdict": verdict, "p_a": 1 / (1 + math.exp(r_b - r_a)), "text": None,
+                          "rewards": [r_a, r_b]})
+        return found
+
+    def ratings(self, exchanges):
+        raise JudgeError("a reward model scores answers against each other, not on MT-Bench's 1-10 scale: MT-Bench "
+                         "needs a generative judge")
+
+
+def load_reward_judge(spec: str, cfg) -> RewardJudge:
+    """A sequence-classification reward model (`reward:<hub id or folder>`) in the run's dtype and device."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from selfreward import models
+
+    path = models.resolve(spec)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, dtype=models.DTYPES[models.resolve_dtype(cfg.model.dtype, cfg.model.device)]).eval()
+    model.to(models.pick_device(cfg.model.device))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None \
+        else tokenizer.pad_token_id
+    return RewardJudge(model, tokenizer, cfg.evaluation.reward_tie_tolerance)
 
 
 class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
@@ -187,6 +267,16 @@ def evaluation_judge(cfg, run):
     e = cfg.evaluation
     if e.judge_model == "endpoint":
         yield EndpointJudge(e.endpoint_base_url, e.endpoint_model, e.endpoint_api_key_env), f"endpoint:{e.endpoint_model}"
+        return
+    if is_reward_model(e.judge_model):  # loaded after the answers are generated, freed before anything else
+        from selfreward.models import free_memory
+
+        judge = load_reward_judge(e.judge_model[len(REWARD):], cfg)
+        try:
+            yield judge, f"reward model {e.judge_model[len(REWARD):]} (ties within {judge.tolerance:g})"
+        finally:
+            del judge.model
+            free_memory()
         return
     name = f"base ({cfg.model.spec})" if e.judge_model == "base" else e.judge_model
     with loaded_backend(model_path(cfg, run, e.judge_model), cfg) as (backend, chat):

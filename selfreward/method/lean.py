@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from trl import DPOTrainer, SFTTrainer
 
+from selfreward.method.budget import HEAD_CHUNK
 from selfreward.models import final_logit_cap, soft_cap
 
 
-def token_logprobs(model, input_ids, attention_mask, labels, recompute: bool = False):
+def token_logprobs(model, input_ids, attention_mask, labels, recompute: bool = True):
     """log p(next token) at every position whose next label is not -100, as a [batch, length - 1] fp32
     tensor (0 elsewhere), with the positions' mask.
 
@@ -32,33 +33,55 @@ def token_logprobs(model, input_ids, attention_mask, labels, recompute: bool = F
 
 
 class SelectedLogProbs(torch.autograd.Function):
-    """log_softmax(hidden @ weight.T)[target] for N positions, by hand in both directions.
+    """log_softmax(hidden @ weight.T)[target] for N positions, by hand in both directions, never holding a
+    [N, vocab] tensor across the backward.
 
-    Autograd would keep fp32 logits and, in the backward, allocate a zero [N, vocab] tensor for the
-    gather and make several passes over fresh [N, vocab] tensors; on a CPU the page faults of those
-    allocations cost more than the arithmetic. Here the softmax statistics and the gradient of the
-    logits, onehot(target) - softmax, are formed in place in one reused fp32 buffer, chunk by chunk.
-    The logits (in the compute dtype) are kept for the backward, or with `recompute` (GPUs, where
-    memory is scarce and FLOPs are not) rebuilt from the hidden states chunk by chunk."""
+    The logits are formed a chunk of `CHUNK` positions at a time, in the compute dtype, and the softmax
+    statistics and the gradient of the logits, onehot(target) - softmax, in one reused fp32 buffer of
+    [CHUNK, vocab]. Where the output layer is frozen (LoRA, the default), that gradient is taken through the
+    layer at once, in the forward, d log p / d hidden = (onehot - softmax) @ weight, so the backward only
+    scales those [N, hidden] rows by the incoming gradient (Liger's fused linear cross-entropy, for any
+    upstream loss): one pass over the vocabulary, one exp per logit. Where the layer trains too (full
+    fine-tuning, a tied embedding), its gradient needs the incoming gradient, so the backward forms the
+    logits again chunk by chunk (`recompute`) or, without it, reads them back from the forward
+    (`method.budget.head_bytes` says what each holds)."""
 
-    CHUNK = 512  # positions per fp32 buffer: 512 x 262k x 4 bytes = 0.5 GiB
+    CHUNK = HEAD_CHUNK  # positions per chunk (`method.budget`, the rule `selfreward plan` sizes by)
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, cap, recompute):
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
         hidden, w = hidden.to(dtype), weight.to(dtype)
-        logits = SelectedLogProbs._logits(hidden, w, cap)
         exact = torch.promote_types(dtype, torch.float32)  # softmax statistics in fp32 at least
+        fused = not ctx.needs_input_grad[1]  # a frozen output layer: its gradient is not needed
+        keep = not fused and not recompute  # the logits read back in the backward
         lse = torch.empty(len(targets), dtype=exact, device=hidden.device)
-        buffer = torch.empty(min(len(targets), SelectedLogProbs.CHUNK), w.shape[0], dtype=exact, device=hidden.device)
+        values = torch.empty(len(targets), dtype=exact, device=hidden.device)
+        rows_max = min(len(targets), SelectedLogProbs.CHUNK)
+        buffer = torch.empty(rows_max, w.shape[0], dtype=exact, device=hidden.device)
+        low = buffer if dtype == exact else torch.empty(rows_max, w.shape[0], dtype=dtype, device=hidden.device)
+        grad_rows = torch.empty(hidden.shape, dtype=exact, device=hidden.device) if fused else None
+        kept = torch.empty(len(targets), w.shape[0], dtype=dtype, device=hidden.device) if keep else None
         for rows in SelectedLogProbs._chunks(len(targets)):
-            top = logits[rows].amax(-1, keepdim=True).to(exact)
-            chunk = torch.sub(logits[rows], top, out=buffer[:rows.stop - rows.start])
-            lse[rows] = chunk.exp_().sum(-1).log_() + top.squeeze(-1)
-        values = logits.gather(-1, targets[:, None]).squeeze(-1).to(exact) - lse
-        ctx.cap, ctx.recompute, ctx.weight_dtype = cap, recompute, weight.dtype
-        ctx.save_for_backward(hidden, w, targets, lse, None if recompute else logits)
+            n = rows.stop - rows.start
+            z = SelectedLogProbs._logits(hidden[rows], w, cap)
+            top = z.amax(-1, keepdim=True).to(exact)
+            shifted = buffer[:n].copy_(z).sub_(top).exp_()  # in the buffer: no fp32 temporary of the chunk
+            total = shifted.sum(-1, keepdim=True)
+            lse[rows] = total.log().squeeze(-1) + top.squeeze(-1)
+            values[rows] = z.gather(-1, targets[rows, None]).squeeze(-1).to(exact) - lse[rows]
+            if fused:  # d log p[target] / d hidden = (onehot(target) - softmax) @ weight
+                dlogits = SelectedLogProbs._through_cap(shifted.div_(total).neg_(), z, targets[rows], cap,
+                                                        torch.ones(n, 1, dtype=exact, device=hidden.device))
+                grad_rows[rows] = (dlogits if low is buffer else low[:n].copy_(dlogits)) @ w
+            elif keep:
+                kept[rows] = z
+        ctx.cap, ctx.recompute, ctx.weight_dtype, ctx.fused = cap, recompute, weight.dtype, fused
+        if fused:
+            ctx.save_for_backward(grad_rows)
+        else:
+            ctx.save_for_backward(hidden, w, targets, lse, kept)
         return values
 
     @staticmethod
@@ -66,12 +89,23 @@ class SelectedLogProbs(torch.autograd.Function):
         return soft_cap(hidden @ w.T, cap)
 
     @staticmethod
+    def _through_cap(dlogits, z, targets, cap, g):
+        """onehot(target) * g + dlogits (dlogits: -softmax * g), through cap * tanh(raw / cap) when capped."""
+        dlogits.scatter_add_(1, targets[:, None], g)
+        if cap:
+            dlogits.mul_(1 - (z.to(dlogits.dtype) / cap) ** 2)
+        return dlogits
+
+    @staticmethod
     def _chunks(n: int):
         return [slice(start, min(start + SelectedLogProbs.CHUNK, n)) for start in range(0, n, SelectedLogProbs.CHUNK)]
 
     @staticmethod
     def backward(ctx, grad):
-        hidden, w, targets, lse, logits = ctx.saved_tensors
+        if ctx.fused:  # the gradient rows were formed in the forward: scale them (autograd casts to the input's dtype)
+            (grad_rows,) = ctx.saved_tensors
+            return grad_rows * grad.to(grad_rows.dtype)[:, None], None, None, None, None
+        hidden, w, targets, lse, kept = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(w.shape, dtype=lse.dtype, device=w.device) if ctx.needs_input_grad[1] else None
         rows_max = min(len(targets), SelectedLogProbs.CHUNK)
@@ -79,13 +113,11 @@ class SelectedLogProbs(torch.autograd.Function):
         low = buffer if w.dtype == lse.dtype else torch.empty(rows_max, w.shape[0], dtype=w.dtype, device=w.device)
         for rows in SelectedLogProbs._chunks(len(targets)):
             n = rows.stop - rows.start
-            z = SelectedLogProbs._logits(hidden[rows], w, ctx.cap) if ctx.recompute else logits[rows]
+            z = SelectedLogProbs._logits(hidden[rows], w, ctx.cap) if kept is None else kept[rows]
             g = grad[rows].to(lse.dtype)[:, None]
             # d log p[target] / d logits = onehot(target) - softmax, times the incoming gradient
-            dlogits = torch.sub(z, lse[rows, None], out=buffer[:n]).exp_().mul_(-g)
-            dlogits.scatter_add_(1, targets[rows, None], g)
-            if ctx.cap:  # through cap * tanh(z / cap)
-                dlogits.mul_(1 - (z.to(lse.dtype) / ctx.cap) ** 2)
+            dlogits = SelectedLogProbs._through_cap(buffer[:n].copy_(z).sub_(lse[rows, None]).exp_().mul_(-g),
+                                                    z, targets[rows], ctx.cap, g)
             grad_hidden[rows] = (dlogits if low is buffer else low[:n].copy_(dlogits)) @ w
             if grad_weight is not None:
                 grad_weight.addmm_(dlogits.T, hidden[rows].to(lse.dtype))

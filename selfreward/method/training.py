@@ -95,8 +95,10 @@ def _common_args(train_cfg, model_cfg, output_dir: str, seed: int) -> dict:
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",
         use_cpu=on_cpu,
-        # CPU runs are small: recomputation only costs time there; under FSDP its own checkpointing does it
-        gradient_checkpointing=not on_cpu and not processes().fsdp_activation_checkpointing,
+        # the lean path recomputes the decoder's activations as `recompute` says (memory a laptop or a GPU can
+        # spare); TRL's head on GPUs only, as before; under FSDP its own checkpointing does it
+        gradient_checkpointing=(train_cfg.recompute if train_cfg.logprobs == "selected" else not on_cpu)
+        and not processes().fsdp_activation_checkpointing,
         dataloader_num_workers=0,
         **train_cfg.trainer_args,  # checked when the params were loaded: TRL fields that selfreward does not set
     )

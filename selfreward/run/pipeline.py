@@ -121,7 +121,9 @@ def preflight(cfg: Config, out_root: Path):
     if cfg.self_instruct.prompt_model not in ("base", "current"):
         references.append(cfg.self_instruct.prompt_model)
     e = cfg.evaluation
-    if e.enabled and e.judge_model not in ["base", "endpoint"] + model_sequence(cfg.iterations):
+    if e.enabled and e.judge_model.startswith("reward:"):
+        models.check_reward_model(e.judge_model.removeprefix("reward:"))
+    elif e.enabled and e.judge_model not in ["base", "endpoint"] + model_sequence(cfg.iterations):
         references.append(e.judge_model)
     for spec in references:
         models.check_spec(spec)
@@ -270,6 +272,7 @@ def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[st
                 log(f"[{stage.name}] unchanged, skipped")
                 continue
             ran.add(stage.name)
+            _warn_if_too_big(cfg, stage, log)
             log(f"[{stage.name}] running {stage.notebook} ({reason})")
             _execute(cfg, run_dir, stage, stages, prints[stage.name], record, kernel, log)
     finally:  # what no longer follows from the run folder, however the run ended
@@ -309,6 +312,18 @@ def _execute(cfg: Config, run_dir: RunDir, stage: Stage, stages: list[Stage], fi
     os.replace(scratch, executed)
     manifest.finish(record, run_dir, stage)
     log(f"[{stage.name}] done in {entry['duration_s']} s: {json.dumps(entry['counts'])}")
+
+
+def _warn_if_too_big(cfg: Config, stage: Stage, log):
+    """A training stage whose settings ask, by `selfreward plan`'s rules, for more memory than the machine has:
+    one line before it runs (the estimate is an upper bound: examples are often shorter than max_length)."""
+    from selfreward.run import sizing
+
+    estimate = sizing.stage_estimate(cfg, stage)
+    available = sizing.machine_memory_gb(cfg.model.device) if estimate else None
+    if estimate and available and estimate[0] > available:
+        log(f"[{stage.name}] warning: selfreward plan estimates {estimate[0]:,.1f} GB for this stage ({estimate[1]}), "
+            f"more than this machine's {available:,.1f} GB; it may run out of memory")
 
 
 MEMORY_SETTINGS = {"sft": ("per_device_batch_size", "max_length"), "dpo": ("per_device_batch_size", "max_length"),

@@ -11,9 +11,13 @@ The memory model, per GPU, in bytes (b: bytes of the model dtype, P: parameters,
 - sharding (FSDP full shard, ZeRO-3) divides weights, gradients and optimizer state by N and gathers
   two layers at a time (b bytes each parameter); ZeRO-2 / FSDP SHARD_GRAD_OP divide gradients and
   optimizer state, ZeRO-1 the optimizer state; CPU offload moves what is sharded to the host's memory.
-- activations with gradient checkpointing (on every GPU run): each layer's input, h values per token,
-  plus one layer recomputed, (6 h + 2 H d + 4 I) values per token, in b bytes; the output layer's
-  logits at 4 + 4 + b bytes each (fp32 log-softmax and its gradient); DPO rows are chosen + rejected.
+- activations (`method.budget`, the rules the trainers run by): with recomputation (the lean path's
+  `recompute`, TRL's head on GPUs) each layer's input, h values per token, plus one layer recomputed,
+  (6 h + 2 H d + 4 I) values per token; without it every layer's; in b bytes. The output layer: the lean
+  one (`logprobs: selected`) a chunk of 64 positions' logits (an fp32 buffer and the logits in b bytes) and
+  what it keeps for the backward (the gradient rows, [tokens, h] in fp32, when it is frozen; all logits
+  only when it trains without recomputation); TRL's every position's logits at 4 + 4 + b bytes each (fp32
+  log-softmax and its gradient). DPO rows are chosen + rejected.
 - 2 GB for the CUDA context and workspace.
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from selfreward.config import Config, ConfigError, load_accelerate_config, model_sequence
+from selfreward.method import budget
 from selfreward.method.launch import SHARDED, dpo_reference, load_dtype
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -158,10 +163,12 @@ def training_memory(arch: Architecture, model_cfg, train_cfg, strat: Strategy, w
     parts["gathered_layers"] = 2 * arch.layer_parameters() * b if strat.shard_weights else 0
     rows = train_cfg.per_device_batch_size * (2 if dpo else 1)
     tokens = rows * train_cfg.max_length
-    a = arch
-    parts["activations"] = tokens * b * (a.layers * a.hidden
-                                         + 6 * a.hidden + 2 * a.heads * a.head_dim + 4 * a.intermediate)
-    parts["logits"] = tokens * a.vocab * (4 + 4 + b)
+    a, lean = arch, train_cfg.logprobs == "selected"
+    recompute = train_cfg.recompute if lean else True  # (TRL's head recomputes on GPUs, which a plan is for)
+    parts["activations"] = tokens * b * budget.activation_values(a.layers, a.hidden, a.heads, a.head_dim,
+                                                                 a.intermediate, recompute)
+    parts["logits"] = sum(budget.head_bytes(tokens, a.vocab, a.hidden, b, model_cfg.finetune == "full",
+                                            recompute).values()) if lean else budget.trl_head_bytes(tokens, a.vocab, b)
     parts["cuda_context"] = CUDA_CONTEXT
     # the precompute pass holds the policy and the sharded reference, not yet gradients and optimizer state
     precompute = parts["reference"] + parts["weights"] + parts["gathered_layers"] + CUDA_CONTEXT
@@ -276,3 +283,43 @@ def format_plan(plan: dict) -> str:
                   "precomputed (ref: the sharded copy of that pass, under FSDP); rank 0 reads the checkpoint into "
                   "host memory (rank-0 load) while the other ranks build on the meta device"]
     return "\n".join(lines)
+
+
+def stage_estimate(cfg: Config, stage) -> tuple[float, str] | None:
+    """What a training stage needs by the plan's rules, in GB on its device (a GPU's share, or the host's memory
+    on a CPU, where no CUDA context is held), and the settings that decide it; None for a stage that trains
+    nothing, or a model whose config cannot be read."""
+    section = {"sft": "sft", "iteration": "dpo" if cfg.aift.objective == "dpo" else "sft", "variant": "dpo"}.get(
+        stage.kind)
+    if section is None:
+        return None
+    try:
+        arch = architecture(cfg.model.spec, cfg.model)
+    except ConfigError:
+        return None
+    train_cfg = getattr(cfg, section)
+    memory = training_memory(arch, cfg.model, train_cfg, strategy(cfg.launch), cfg.launch.num_processes,
+                             section == "dpo")
+    on_cpu = cfg.model.device == "cpu" or (cfg.model.device == "auto" and not _has_cuda())
+    need = (memory["total"] - (CUDA_CONTEXT if on_cpu else 0) + memory["host_loading_rank0"] * on_cpu) / GB
+    return need, f"{section}.per_device_batch_size {train_cfg.per_device_batch_size}, {section}.max_length " \
+                 f"{train_cfg.max_length}"
+
+
+def machine_memory_gb(device: str) -> float | None:
+    """The memory a stage can use: the first GPU's, or the host's (Linux: MemTotal)."""
+    if device != "cpu" and _has_cuda():
+        import torch
+
+        return torch.cuda.get_device_properties(0).total_memory / GB
+    try:
+        with open("/proc/meminfo") as handle:
+            return int(next(line for line in handle if line.startswith("MemTotal")).split()[1]) * 1024 / GB
+    except (OSError, StopIteration):
+        return None
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

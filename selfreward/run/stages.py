@@ -106,7 +106,8 @@ def responses_stage(trained: tuple[str, ...]) -> Stage:
 
 def instrument_stage(instrument, needs: tuple[str, ...]) -> Stage:
     return Stage(instrument.name, "instrument", INSTRUMENT_NOTEBOOK, instrument.run, instrument.sections, needs,
-                 instrument.outputs, instrument=instrument.name, fields=tuple(notebooks.fields(instrument).items()))
+                 instrument.outputs, inputs=instrument.inputs, instrument=instrument.name,
+                 fields=tuple(notebooks.fields(instrument).items()))
 
 
 def results_stage(stages: list[Stage]) -> Stage:
@@ -162,6 +163,7 @@ def run_stage(name: str, config: dict | Config, run_dir) -> dict:
     run, started = RunDir(run_dir), time.time()
     with memory.peak() as peak:
         counts = stage.run(cfg, run)
+    memory.give_back_free_pages()  # the next stage starts from what this one still holds, not from its peak
     if stage.report:
         return counts
     counts = {**counts, "seconds": round(time.time() - started, 1), "peak_memory": peak.reading}

@@ -30,7 +30,7 @@ def summarise(records: list[dict], samples: int, seed: int) -> dict:
     rate = bootstrap([evaluation_judge.POINTS[o] for o in outcomes], lambda xs: sum(xs) / len(xs) if xs else None,
                      samples, seed)
     soft = mean([r["soft_preference"] for r in records], samples, seed)
-    verdicts = health.pairwise([r["forward"]["verdict"] for r in records], [r["backward"]["verdict"] for r in records])
+    verdicts = health.of_comparisons(records)
     return {"n": n, **{k: outcomes.count(k) for k in ("win", "tie", "loss")},
             **{f"{k}_pct": 100 * outcomes.count(k) / n if n else None for k in ("win", "tie", "loss")},
             "net_wins": net.to_dict(), "win_rate": rate.to_dict(), "soft_win_rate": soft and soft.to_dict(),
@@ -87,8 +87,8 @@ class HeadToHead(Instrument):
                          "net wins % [95% CI]": Estimate.from_dict(c["net_wins"]).format(100, 1),
                          "soft win rate % [95% CI]": c["soft_win_rate"] and
                          Estimate.from_dict(c["soft_win_rate"]).format(100, 1) or "—",
-                         "orders agree %": _pct(h.stats["order_consistency"]),
-                         "first slot %": _pct(h.stats["first_slot_rate"]), "judge": h.label(),
+                         "orders agree %": _pct(h.stats.get("order_consistency")),
+                         "first slot %": _pct(h.stats.get("first_slot_rate")), "judge": h.label(),
                          "paper win/tie/loss %": "/".join(f"{v:.1f}" for v in published) if published else "—"})
         table = pd.DataFrame(rows).set_index("comparison").round(1)
         return [(f"Judge: {data['judge']}, {data['prompts']} prompts, both orders.", table)]

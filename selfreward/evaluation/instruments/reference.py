@@ -84,7 +84,7 @@ class Reference(Instrument):
             items[name] = list(zip([evaluation_judge.POINTS[r["outcome"]] for r in rows],
                                    length_features(texts[name], references), strict=True))
             estimates = bootstrap_many(items[name], _statistics, e.bootstrap_samples, cfg.seed)
-            verdicts = health.pairwise([r["forward"]["verdict"] for r in rows], [r["backward"]["verdict"] for r in rows])
+            verdicts = health.of_comparisons(rows)
             longer = [evaluation_judge.POINTS[r["outcome"]] for r, a, ref in zip(rows, texts[name], references, strict=True) if len(a) > len(ref)]
             models[name] = {"win_rate": estimates["win_rate"].to_dict(),
                             "length_controlled": estimates["length_controlled"].to_dict(),
@@ -122,7 +122,7 @@ class Reference(Instrument):
                          round(data["reference_mean_chars"]), "prompts where longer": m["longer_than_reference"],
                          "win rate there %": None if m["win_rate_where_longer"] is None
                          else round(100 * m["win_rate_where_longer"], 1),
-                         "first slot %": None if h.stats["first_slot_rate"] is None
+                         "first slot %": None if h.stats.get("first_slot_rate") is None
                          else round(100 * h.stats["first_slot_rate"], 1),
                          "judge": h.label(), "paper (AlpacaEval 2.0) %": paper.ALPACA_EVAL_2.get(name, "—")})
         caption = (f"Judge: {data['judge']} on {data['prompts']} prompts, against the outputs of "

@@ -261,7 +261,7 @@ class FastBackend(TransformersBackend):
 
 def load(path: str, cfg, tokenizer, stop_ids: list[int]) -> FastBackend:
     model = models.load_model(path, dtype=cfg.model.dtype, device=cfg.model.device)
-    return FastBackend(model, tokenizer, stop_ids, cfg.generation.batch_size)
+    return FastBackend(model, tokenizer, stop_ids, cfg.generation.batch_size, cfg.generation.tokens_per_row)
 
 
 register_engine(Engine("fast", load))
