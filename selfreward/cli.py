@@ -10,6 +10,9 @@ selfreward lab RUN_DIR [--port N] [--no-browser]
     JupyterLab on a run's executed stage notebooks, with the selfreward kernel
 selfreward compare RUN_DIR_A RUN_DIR_B [--book DIR]
     a chapter with the params that differ and every headline metric side by side
+selfreward findings RUN_OR_BOOK
+    the findings table recomputed from the per-item rows of a run folder or a book (book/ holds the reference
+    run's): every interval and verdict, and whether each matches what the run recorded (exit 1 if not)
 selfreward plan PARAMS [--set ...] [--tokens-per-second N] [--train-tflops N]
     memory per GPU of each training stage, tokens to generate and judge, times; refuses what cannot fit
 
@@ -63,7 +66,25 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a", help="a run folder (runs/<name>)")
     compare.add_argument("run_b", help="another run folder")
     compare.add_argument("--book", help="where to build the comparison (default: beside RUN_DIR_B)")
+    findings = commands.add_parser("findings", help="recompute the findings table from a run's or a book's rows")
+    findings.add_argument("path", help="a run folder (runs/<name>) or a book folder (book/)")
     return parser
+
+
+def _findings(args) -> int:
+    from selfreward.run import rederive
+
+    try:
+        table, wrong, root = rederive.recompute(args.path)
+    except rederive.FindingsError as err:
+        return _error(err, 2)
+    for row in table.to_dict(orient="records"):
+        print(f"- {row['claim']} (paper: {row['paper']})\n    ours: {row['ours']}\n    verdict: {row['verdict']}")
+    if wrong:
+        print(f"\n{len(wrong)} recomputed differences do not match the record:\n" + "\n".join(wrong))
+        return 1
+    print(f"\nEvery interval and verdict recomputed from the rows in {root} matches the record.")
+    return 0
 
 
 def _interrupt(signum, frame):
@@ -151,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return _compare(args)
     if args.command == "lab":
         return _lab(args)
+    if args.command == "findings":
+        return _findings(args)
     try:
         cfg = load_config(args.params, args.overrides)
         _check_fixes(cfg, args.params)

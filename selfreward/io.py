@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -34,8 +35,23 @@ def write_jsonl(path: str | Path, rows):
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def _gzipped(path: Path) -> Path:
+    return path.with_name(path.name + ".gz")
+
+
+def exists(path: str | Path) -> bool:
+    """Whether a rows file is there, as it is or gzipped (a book's committed rows)."""
+    path = Path(path)
+    return path.is_file() or _gzipped(path).is_file()
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as handle:
+    """JSON lines, read from `path` or, where only that is there, from `path`.gz."""
+    path = Path(path)
+    opener = open
+    if not path.is_file() and _gzipped(path).is_file():
+        path, opener = _gzipped(path), gzip.open
+    with opener(path, "rt", encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 

@@ -102,3 +102,38 @@ def test_reading_in_the_same_pass_matches_a_plain_forward_on_gemma_past_its_slid
                 logits = model(torch.tensor([tokenizer(prompt).input_ids + c.kept_ids + suffix])).logits[0, -1]
             expected = logits.float().softmax(-1)[options]
             assert c.probs == pytest.approx((expected / expected.sum()).tolist(), abs=2e-3)
+
+
+def real_pairs(count: int = 4) -> list[dict]:
+    """OASST prompts with their best and worst human-ranked replies (the mirror's validation split when there is
+    one, else written here), the longer reply chosen as often as not."""
+    from conftest import shared_data_dir
+
+    from selfreward.config import DataConfig
+    from selfreward.method import data
+
+    if not shared_data_dir():
+        return [{"prompt": "Name a colour.", "chosen": "Blue, like a clear summer sky over the sea.", "rejected": "No."},
+                {"prompt": "Say hi.", "chosen": "Hi!", "rejected": "I would rather not greet anyone today, sorry."}]
+    threads = data.ranked_threads(data.first_turn_threads(data.load_oasst("validation", DataConfig(
+        local_dir=shared_data_dir())), max_prompt_chars=300), count, seed=0)
+    ranked = [sorted(t["replies"], key=lambda r: r["rank"]) for t in threads]
+    return [{"prompt": t["prompt"], "chosen": r[0]["text"][:400], "rejected": r[-1]["text"][:400]}
+            for t, r in zip(threads, ranked, strict=True)]
+
+
+def test_a_dpo_step_before_learning_has_no_implicit_reward_without_dropout(tmp_path):
+    """DPO's implicit reward beta (log pi - log pi_ref) before any update is 0 when the policy has no dropout
+    (dpo.dropout's default). With the paper's 0.1 against a reference read without dropout, the same step on the
+    same pairs (float32, AVX512-BF16 CPU) read rewards of -1.75 (chosen) and -2.10 (rejected): every reply starts
+    with a reward it did not learn, in proportion to its length."""
+    from selfreward.config import DPOConfig, ModelConfig
+    from selfreward.method import training
+
+    path = models.resolve(models.EMBEDDED_GEMMA)
+    cfg = DPOConfig(batch_size=4, per_device_batch_size=4, max_length=256, max_steps=1)
+    assert cfg.dropout == 0
+    trainer = training.dpo_trainer(path, real_pairs(), cfg, ModelConfig(spec=path, dtype="float32"), str(tmp_path))
+    trainer.train()
+    first = trainer.state.log_history[0]
+    assert max(abs(first["rewards/chosen"]), abs(first["rewards/rejected"])) < 1e-3, first

@@ -3,6 +3,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import itertools
+import math
+
+import random
 
 import pytest
 
@@ -112,35 +115,53 @@ def test_endpoint_judge_speaks_the_openai_protocol_with_the_key_from_the_environ
 def test_judge_health_flags_a_judge_that_answers_by_position():
     always_a = health.pairwise(["a"] * 10, ["a"] * 10)
     assert always_a.stats["first_slot_rate"] == 1.0 and always_a.stats["order_consistency"] == 0.0
-    assert not always_a.informative and "agree on 0% of prompts" in always_a.why_not
-    # 3 of 10 prompts consistent (just above the 25% threshold), first slot 17/20 = 85%: informative
-    forward, backward = ["a"] * 3 + ["a"] * 7, ["b"] * 3 + ["a"] * 7
+    assert not always_a.informative and "agree on 0% of prompts, not shown above a blind judge" in always_a.why_not
+    # a judge that sees: the better answer in both orders on 40 of 48 prompts (X on 20, Y on 20), slot a otherwise
+    forward, backward = ["a"] * 20 + ["b"] * 20 + ["a"] * 8, ["b"] * 20 + ["a"] * 20 + ["a"] * 8
     fine = health.pairwise(forward, backward)
-    assert fine.stats["order_consistency"] == pytest.approx(0.3) and fine.stats["first_slot_rate"] == pytest.approx(17 / 20)
+    assert fine.stats["order_consistency"] == pytest.approx(40 / 48) and fine.stats["beyond_blind"]["p"] < 0.001
     assert fine.informative and fine.why_not is None and fine.label() == "informative"
-    low = health.pairwise(["a", "b"] + ["a"] * 8, ["b", "a"] + ["a"] * 8)  # 2 of 10 consistent: below
-    assert low.stats["order_consistency"] == pytest.approx(0.2) and not low.informative
+    # 30% agreement, first slot 85%: a fixed 25% threshold passed it, but a blind judge at 85% agrees 26%
+    low = health.pairwise(["a"] * 10, ["b"] * 3 + ["a"] * 7)
+    assert low.stats["order_consistency"] == pytest.approx(0.3) and not low.informative
     unreadable = health.pairwise([None] * 6 + ["a"] * 4, [None] * 6 + ["b"] * 4)
     assert unreadable.stats["unreadable_share"] == pytest.approx(0.6) and not unreadable.informative
     assert not health.pairwise([None], [None]).informative
 
 
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.7, 0.9])
+def test_a_blind_judge_passes_at_most_five_percent_of_the_time(p):
+    """Simulated: a judge that ignores content and picks the first slot with probability p, 96 prompts, 400 runs."""
+    rng = random.Random(int(p * 100))
+    passed = 0
+    for run in range(400):
+        forward = ["a" if rng.random() < p else "b" for _ in range(96)]
+        backward = ["a" if rng.random() < p else "b" for _ in range(96)]
+        passed += health.pairwise(forward, backward, samples=20, seed=run).informative
+    assert passed <= 20
+
+
 def test_score_health_one_rule_for_every_scoring_judge():
-    constant = health.scores([4.0, 4.1, 3.9, 4.0], 0, 5)
-    assert not constant.informative and "nearly constant" in constant.why_not
+    constant = health.scores([4.0] * 19 + [3.0], 0, 5)
+    assert not constant.informative and "tie on 90% of pairs" in constant.why_not
     assert constant.stats["most_frequent_score"] == 4 and constant.stats["one_score_alarm"]
     varied = health.scores([1, 5, 3, None], 0, 5)
-    assert varied.informative and varied.stats["unreadable_share"] == 0.25
+    assert varied.informative and varied.stats["unreadable_share"] == 0.25 and varied.stats["tie_share"] == 0
     assert varied.stats["histogram"] == {"0": 0, "1": 1, "2": 0, "3": 1, "4": 0, "5": 1}
     assert not health.scores([None, None, 3], 0, 5).informative  # mostly unreadable
-    # on 1-10 the spread it needs scales with the range: standard deviation 0.4 < 0.45
-    assert not health.scores([5.6, 6.4] * 5, 1, 10).informative and health.scores([5.6, 6.4] * 5, 0, 5).informative
+    # scale-free: a perfect ranker with compressed scores (standard deviation 0.08) is informative
+    compressed = [4.0 + 0.01 * i for i in range(20)]
+    assert health.scores(compressed, 0, 5).informative
+    assert health.scores([x * 10 for x in compressed], 0, 100).stats["tie_share"] == 0
     assert health.Health.from_dict(varied.to_dict()) == varied
 
 
-def test_soft_preference_averages_out_the_position_by_hand():
-    # X in slot a forward (P(a) = 0.9), in slot b backward (P(a) = 0.3, so P(X) = 0.7): 1/2 (0.9 + 0.7) = 0.8
-    assert soft_preference(0.9, 0.3) == pytest.approx(0.8)
+def test_soft_preference_removes_the_position_in_logit_space_by_hand():
+    sigmoid = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    # a true preference of one logit (0.731) under a slot bias of 6 logits: read back exactly, not as 0.503
+    assert soft_preference(sigmoid(1 + 6), sigmoid(-1 + 6)) == pytest.approx(sigmoid(1))
+    # no bias: the judge's own probability
+    assert soft_preference(0.9, 0.1) == pytest.approx(0.9)
     # a judge that always picks slot a, however sure: exactly 1/2
     assert [soft_preference(p, p) for p in (1.0, 0.8, 0.6)] == [0.5, 0.5, 0.5]
     assert soft_preference(None, 0.5) is None and soft_preference(0.2, None) is None
@@ -154,8 +175,18 @@ def test_the_soft_win_rate_of_a_constrained_judge(tiny_backend):
     judge = LocalJudge(backend, chat, "constrained")
     records, result = head_to_head_of(judge, ["Name a colour.", "Say hi.", "Count to three."],
                                       ["Blue.", "Hi!", "1 2 3"], ["Seven.", "No.", "Four"])
-    expected = [0.5 * (r["forward"]["p_a"] + 1 - r["backward"]["p_a"]) for r in records]
+    expected = [soft_preference(r["forward"]["p_a"], r["backward"]["p_a"]) for r in records]
     assert result["soft_win_rate"]["value"] == pytest.approx(sum(expected) / 3) and result["soft_win_rate"]["n"] == 3
+
+
+def test_length_features_use_the_centred_deviation_and_one_sided_lengths_are_said():
+    # every answer 100 characters longer, give or take 10: the scale is the centred standard deviation (10, as
+    # AlpacaEval's GLM), not the root mean square of the differences (about 100)
+    answers, references = ["x" * (100 + d) for d in (-10, 0, 10)], ["", "", ""]
+    features = reference.length_features(answers, references)
+    assert features == pytest.approx([math.tanh(x / 10) for x in (90, 100, 110)])
+    assert reference.one_sided(["ab"] * 8 + ["abcdef"] * 2, ["abcd"] * 10).startswith("8 of 10 answers are shorter")
+    assert reference.one_sided(["ab"] * 5 + ["abcdef"] * 5, ["abcd"] * 10) is None
 
 
 def test_length_controlled_win_rate_reads_the_fit_at_zero_length_difference():
@@ -187,7 +218,7 @@ def test_mt_bench_scores_by_hand():
     assert scores["overall"]["value"] == pytest.approx((7 + 4) / 2)
     assert scores["health"]["stats"]["unreadable_share"] == 0.25 and scores["health"]["informative"]
     flat = mt_bench.scores([{"category": "x", "ratings": [{"rating": 5}, {"rating": 5}]}] * 2, samples=50, seed=0)
-    assert not flat["health"]["informative"] and "nearly constant" in flat["health"]["why_not"]
+    assert not flat["health"]["informative"] and "tie on 100% of pairs" in flat["health"]["why_not"]
 
 
 def test_judge_free_accuracies_on_two_tiny_models_by_hand(tiny_backend):

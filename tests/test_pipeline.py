@@ -169,16 +169,18 @@ def test_evaluation_outputs_and_results_chapter(tiny_run):
     assert "m3 vs sft_baseline" in html and "pairwise accuracy" in html and "positive-only examples" in html
     assert "Deviations" not in html and "judge prompt" in html  # the deviations table: aspect rows
     figures = [o for o in outputs if "image/png" in o.get("data", {})]
-    # win/tie/loss bars, reward-model metrics and score histograms, IFEval (per model, per instruction kind), human
-    # preference, MT-Bench, lengths, judge health
-    assert len(figures) == 9
+    # the findings' forest plots, win/tie/loss bars, reward-model metrics and score histograms, IFEval (per model, per
+    # instruction kind), human preference, MT-Bench, lengths, judge health
+    assert len(figures) == 10
     # the findings: one row per paper claim and instrument; the tiny judge answers by position, so every
     # head-to-head row says so instead of a verdict
     from selfreward.run import report
 
-    findings = report.findings_table(run).reset_index()
+    findings = report.findings_table(run)
     assert set(findings["claim"]) == {claim.text for claim in paper.CLAIMS}
-    by_head_to_head = findings[findings["instrument"].str.startswith("Head-to-head")]
+    assert list(findings.columns) == ["claim", "paper", "ours", "verdict"]  # four columns: they fit the book's page
+    details = report.findings_details(run)
+    by_head_to_head = details[details["instrument"].str.startswith("Head-to-head")]
     assert len(by_head_to_head) == 3 and all(by_head_to_head["verdict"].str.startswith("judge uninformative"))
     assert "Findings" in "".join(c.source for c in notebook.cells) and "not measured here" in html
 
@@ -502,3 +504,58 @@ def test_selfreward_lab_serves_the_run_notebooks(tiny_run, tmp_path):
         server.terminate()
         server.wait(timeout=60)
     assert server.returncode is not None
+
+
+def test_the_findings_are_rederived_from_the_rows_of_the_run_and_of_its_book(tiny_run, tmp_path):
+    """`selfreward findings` recomputes every interval and verdict from the per-item rows: of the run folder, and
+    of its book (compact, gzipped rows without the long texts); a changed row is a mismatch, exit 1."""
+    import gzip
+
+    root, _, _ = tiny_run
+    run = root / "runs" / "tiny"
+
+    def findings(path):
+        return subprocess.run([sys.executable, "-m", "selfreward.cli", "findings", str(path)], capture_output=True,
+                              text=True)
+
+    for path in (run, run / "book"):
+        result = findings(path)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "matches the record" in result.stdout and "- M2 > M1" in result.stdout
+    rows = run / "book" / "run" / "rows"
+    with gzip.open(rows / "eval" / "ifeval" / "m2.jsonl.gz", "rt") as handle:
+        ifeval = [json.loads(line) for line in handle]
+    assert ifeval and "response" not in ifeval[0] and {"key", "strict", "loose", "kinds"} <= set(ifeval[0])
+    changed = tmp_path / "rows"
+    shutil.copytree(rows, changed)
+    ifeval[0]["strict"] = [not ifeval[0]["strict"][0]] + ifeval[0]["strict"][1:]
+    with gzip.open(changed / "eval" / "ifeval" / "m2.jsonl.gz", "wt") as handle:
+        handle.write("".join(json.dumps(r) + "\n" for r in ifeval))
+    result = findings(changed)
+    assert result.returncode == 1 and "do not match the record" in result.stdout and "IFEval" in result.stdout
+    assert findings(tmp_path / "nothing").returncode == 2
+
+
+def test_seeds_train_one_chain_per_seed_and_pool_them(tiny_run, tmp_path):
+    """`--set seeds=[0,1]`: the run's own chain is seed 0 (unchanged, skipped), seed 1's chain runs in
+    seeds/seed_1/ with the data taken from the run; its IFEval pools both seeds, the instruments it did not run
+    name the missing seed."""
+    root, _, _ = tiny_run
+    out = tmp_path / "runs"
+    shutil.copytree(root / "runs", out, ignore=shutil.ignore_patterns("book"))
+    result = run_cli(out, root / "cache", "--set", "seeds=[0,1]", "--only", "ifeval")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[seeds] seed 1" in result.stdout and "[ifeval] unchanged, skipped" in result.stdout
+    seed_run = out / "tiny" / "seeds" / "seed_1"
+    recorded = json.loads((seed_run / "manifest.json").read_text())
+    assert recorded["config"]["seed"] == 1 and recorded["config"]["split_seed"] == 0
+    assert recorded["stages"]["data"]["reused_from"] == "../.."  # what does not depend on the seed is shared
+    assert recorded["stages"]["ifeval"]["status"] == "done"
+    assert recorded["stages"]["head_to_head"]["status"] != "done"  # not asked for
+    from selfreward.evaluation import pooling
+
+    pooled = pooling.pooled_differences(out / "tiny")
+    ifeval = next(d for d in pooled["IFEval: instructions a program checks"] if d.claim == "m2_beats_m1")
+    assert ifeval.note == "2 of 2 seeds" and ifeval.estimate.df == 1
+    lengths = pooled["Reply lengths"][0]
+    assert lengths.note == "1 of 2 seeds (missing: seed 1)"

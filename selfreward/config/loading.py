@@ -47,6 +47,8 @@ def from_dict(data: dict, source: str = "params") -> Config:
     where a whole Config is validated."""
     try:
         cfg = build(Config, data)
+        if isinstance(cfg.seeds, list) and cfg.seeds and cfg.seed == 0:
+            cfg.seed = cfg.seeds[0]  # with seeds, the first is the run's own
         cfg.validate()
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

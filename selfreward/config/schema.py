@@ -251,6 +251,11 @@ class DPOConfig(TrainConfig):
     learning_rate: float = 1e-6
     min_learning_rate: float = 1e-7
     beta: float = 0.1
+    # 0, not the paper's 0.1: the reference is read without dropout, so a policy with dropout gives every reply
+    # a lower log-probability in proportion to its length before any learning (an implicit reward of about -9
+    # nats per reply on the embedded model at learning rate 0), and the longer reply of a pair a lower reward
+    # for free. TRL's DPO disables dropout for this reason.
+    dropout: float = 0.0
 
     TRL_CONFIG = "DPOConfig"
 
@@ -360,6 +365,12 @@ def load_accelerate_config(path: str, key: str = "launch.accelerate_config"):
 class Config:
     name: str = "run"
     seed: int = 0
+    # seeds as a dimension of the run: the chain (training order, dropout, EFT judgments, prompts, candidates,
+    # evaluation sampling) trained once per seed, the data split and the evaluation items fixed (item_seed); the
+    # first seed is the run's own (its folder), the others run in seeds/seed_<s>/. None: one chain, `seed`.
+    seeds: Optional[list] = field(default=None, metadata=WHEN_SET)
+    # the seed of what every chain shares (the data split, the evaluation items): a seed run's is its run's
+    split_seed: Optional[int] = field(default=None, metadata=WHEN_SET)
     iterations: int = 2  # self-rewarding iterations: M2 = DPO(M1, AIFT(M1)), M3 = ...
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -384,6 +395,14 @@ class Config:
         _check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None, "name",
                "must be one plain folder name (letters, digits, '.', '_', '-'; not starting with '.')")
         _check(self.iterations >= 0, "iterations", "must be >= 0")
+        if self.seeds is not None:
+            _check(isinstance(self.seeds, list) and all(isinstance(x, int) and not isinstance(x, bool)
+                                                         for x in self.seeds), "seeds", "expected a list of integers")
+            _check(bool(self.seeds), "seeds", "is empty (leave it out for one chain, or list at least one seed)")
+            repeated = sorted({x for x in self.seeds if self.seeds.count(x) > 1})
+            _check(not repeated, "seeds", f"seed {repeated[0] if repeated else ''} is listed twice")
+            _check(self.seed in (0, self.seeds[0]), "seed", f"is {self.seed} but seeds starts with {self.seeds[0]}: "
+                   "with seeds, the first is the run's own seed (leave seed out)")
         names = model_sequence(self.iterations)
         _check(model_reference_ok(self.self_instruct.prompt_model, ["base", "current"]),
                "self_instruct.prompt_model", f"unknown model {self.self_instruct.prompt_model!r} (expected base, "
@@ -411,6 +430,20 @@ class Config:
             _check(not (self.launch.multi_process and train.logprobs == "selected"), f"{section}.logprobs",
                    "selected runs in one process only; with launch.num_processes > 1 or an accelerate config "
                    "set logprobs: trl")
+
+    @property
+    def chain_seeds(self) -> list[int]:
+        """The seeds the run trains a chain with: `seeds`, or `seed` alone."""
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    @property
+    def item_seed(self) -> int:
+        """The seed of what every chain of a run shares: the data split and the evaluation items."""
+        return self.split_seed if self.split_seed is not None else self.chain_seeds[0]
+
+    def for_seed(self, seed: int) -> "Config":
+        """The config of one seed's chain in a run with several: its own seed, the run's items."""
+        return dataclasses.replace(self, name=f"seed_{seed}", seed=seed, seeds=None, split_seed=self.item_seed)
 
     def ablation_variants(self) -> list[tuple[str, "AIFTConfig", int]]:
         """The ablation's variants: (name, its aift section, the iteration t it starts from, from M_t)."""
@@ -561,6 +594,9 @@ def coerce(value, hint, key):
         return value
     if hint is str:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
+        return value
+    if hint is list:
+        _check(isinstance(value, list), key, f"expected a list, got {value!r}")
         return value
     if hint is dict:
         value = {} if value is None else value

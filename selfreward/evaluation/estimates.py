@@ -29,6 +29,7 @@ class Estimate:
     high: float | None = None
     n: int = 0  # the items it was computed from (prompts, pairs, questions)
     mde: float | None = None  # differences: the minimal detectable effect at this n
+    df: int | None = None  # a t-interval's degrees of freedom (pooled over seeds); None: the bootstrap's
 
     def format(self, scale: float = 1.0, digits: int = 3, mde: bool = False) -> str:
         """'0.712 [0.650, 0.770]' (scale 100: percentages); '—' when there is no value."""
@@ -141,3 +142,77 @@ def direction(difference: Estimate) -> str | None:
     if difference.high < 0:
         return FALLS
     return UNDETECTABLE
+
+
+# ---------------------------------------------------------------- tests on a difference
+# p-values from the normal approximation with the bootstrap's standard error (the MDE over MDE_FACTOR): the
+# intervals stay percentile intervals; the p-values serve the multiplicity adjustment (Holm) and equivalence.
+
+def _cdf(z: float, df: int | None) -> float:
+    """The standard normal's CDF, or Student's t with `df` degrees of freedom."""
+    if df is None:
+        return 0.5 * math.erfc(-z / math.sqrt(2))
+    from scipy.stats import t
+
+    return float(t.cdf(z, df))
+
+
+def quantile(q: float, df: int | None = None) -> float:
+    if df is None:
+        from statistics import NormalDist
+
+        return NormalDist().inv_cdf(q)
+    from scipy.stats import t
+
+    return float(t.ppf(q, df))
+
+
+def mde_factor(df: int | None = None) -> float:
+    """How many standard errors make the MDE: z(0.975) + z(0.80), or the t quantiles with `df`."""
+    return MDE_FACTOR if df is None else quantile(0.975, df) + quantile(0.80, df)
+
+
+def standard_error(difference: Estimate) -> float | None:
+    return None if difference is None or difference.mde is None else difference.mde / mde_factor(difference.df)
+
+
+def p_value(difference: Estimate) -> float | None:
+    """Two-sided p-value of 'no difference' (normal approximation, or t with the estimate's df)."""
+    se = standard_error(difference)
+    if se is None or difference.value is None:
+        return None
+    if se == 0:
+        return 1.0 if difference.value == 0 else 0.0
+    return min(1.0, 2 * _cdf(-abs(difference.value) / se, difference.df))
+
+
+def equivalence_p(difference: Estimate, margin: float) -> float | None:
+    """Two one-sided tests (TOST) of |difference| >= margin (in the estimate's own units): the larger of the
+    two one-sided p-values. Below 0.05 exactly when the 90% interval lies inside ±margin."""
+    se = standard_error(difference)
+    if se is None or difference.value is None:
+        return None
+    if se == 0:
+        return 0.0 if abs(difference.value) < margin else 1.0
+    return max(_cdf(-(difference.value + margin) / se, difference.df),
+               _cdf((difference.value - margin) / se, difference.df))
+
+
+def interval90(difference: Estimate) -> tuple[float, float] | None:
+    """The 90% interval of the normal (or t) approximation: the interval TOST at 5% reads."""
+    se = standard_error(difference)
+    if se is None or difference.value is None:
+        return None
+    half = quantile(0.95, difference.df) * se
+    return difference.value - half, difference.value + half
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment (family-wise error), in the given order; None stays None."""
+    known = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - rank) * p))
+        adjusted[i] = running
+    return adjusted

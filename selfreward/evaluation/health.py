@@ -1,13 +1,21 @@
-"""Judge health, computed once: whether a judge's verdicts or scores can say anything at all.
+"""Judge health, computed once: whether a judge's verdicts or scores can say anything at all, by rules a
+blind judge cannot pass.
 
 A number from an instrument that cannot see is not a finding. Two kinds of judge:
-- a pairwise judge (head to head): uninformative when it mostly answers by position (its two orders of
-  the same pair agree on fewer than MIN_ORDER_CONSISTENCY of prompts, or it picks one slot more than
-  MAX_SLOT_SHARE of the time) or leaves most verdicts unreadable;
-- a scoring judge (reward model, MT-Bench ratings, the self-judge of an iteration): uninformative when
-  most scores are unreadable, or its scores barely vary (standard deviation below MIN_RELATIVE_SPREAD of
-  its score range). The share of the most frequent rounded score is reported beside it (the paper's
-  "without EFT the judge almost always gives 4"), with an alarm above ONE_SCORE_ALARM.
+- a pairwise judge (head to head, the reference comparison): asked each pair in both orders. A judge blind
+  to content that picks the first slot with probability p still agrees with itself across the two orders
+  2p(1−p) of the time (at least 25% for any p in [0.15, 0.85]), so a fixed threshold on order agreement
+  passes blind judges. The rule compares its order agreement with what a blind judge at its own first-slot
+  rate gives (Fisher's exact test of the association between its two verdicts, `beyond_blind`): informative
+  only at p < BLIND_ALPHA, so a blind judge passes at most 2.5% of the time, whatever its p. Also uninformative: one slot picked more than
+  MAX_SLOT_SHARE of the time, or most verdicts unreadable;
+- a scoring judge (reward-model agreement, MT-Bench ratings, the self-judge of an iteration): scale-free
+  rules, since the metrics they guard (pairwise accuracy, rank correlations) ignore the scale: uninformative
+  when most scores are unreadable or when two of its items tie on more than MAX_TIE_SHARE of pairs (it barely
+  tells items apart). A perfect ranker with compressed scores passes; whether a scorer agrees with anything
+  beyond chance is its instrument's own measurement (against 50%, and beside the trivial judges). The share of
+  the most frequent rounded score is reported beside it (the paper's "without EFT the judge almost always gives
+  4"), with an alarm above ONE_SCORE_ALARM.
 """
 from __future__ import annotations
 
@@ -15,10 +23,12 @@ import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-MIN_ORDER_CONSISTENCY = 0.25
+import numpy as np
+
 MAX_SLOT_SHARE = 0.9
+BLIND_ALPHA = 0.025  # one-sided: a blind judge passes at most 2.5% of the time
 MAX_UNREADABLE = 0.5
-MIN_RELATIVE_SPREAD = 0.05  # 0.25 on a 0-5 scale, 0.45 on 1-10
+MAX_TIE_SHARE = 0.8  # two items with the same score: a judge that ties 80% of pairs barely ranks
 ONE_SCORE_ALARM = 0.8
 
 
@@ -45,22 +55,56 @@ def _verdict(reasons: list[str], readable: bool, stats: dict) -> Health:
     return Health(not reasons, "; ".join(reasons) or None, stats)
 
 
-def pairwise(forward: list, backward: list) -> Health:
+def beyond_blind(forward: list, backward: list, samples: int = 1000, seed: int = 0) -> dict:
+    """Order agreement beyond a blind judge. A judge blind to content gives its two verdicts of a pair
+    independently, so it agrees across orders p_f(1−p_b) + (1−p_f)p_b of the time (2p(1−p) at one first-slot
+    rate p); a judge that sees prefers the same answer in both orders, so 'slot a' forward goes with 'slot b'
+    backward. The test is Fisher's exact test of that association (one-sided) on the prompts with both verdicts
+    readable: exact at any p, where a bootstrap of the excess is not (with no prompt lost in both orders every
+    resample shows an excess). Returned: the excess in agreement with its bootstrap interval (descriptive), the
+    blind judge's agreement, and the test's p-value."""
+    from scipy.stats import fisher_exact
+
+    both = [(f == "a", b == "a") for f, b in zip(forward, backward, strict=True) if f is not None and b is not None]
+    if not both:
+        return {"value": None, "low": None, "high": None, "blind_agreement": None, "p": None, "prompts": 0}
+    f, b = np.array(both, float).T
+
+    def excess(index):
+        pf, pb = f[index].mean(axis=-1), b[index].mean(axis=-1)
+        blind = pf * (1 - pb) + (1 - pf) * pb
+        return (f[index] != b[index]).mean(axis=-1) - blind, blind
+
+    n = len(both)
+    value, blind = excess(np.arange(n))
+    draws = np.sort(excess(np.random.default_rng(seed).integers(0, n, size=(samples, n)))[0])
+    table = [[int(((f == 1) & (b == 0)).sum()), int(((f == 1) & (b == 1)).sum())],
+             [int(((f == 0) & (b == 0)).sum()), int(((f == 0) & (b == 1)).sum())]]
+    return {"value": float(value), "low": float(draws[int(0.025 * (samples - 1))]),
+            "high": float(draws[int(0.975 * (samples - 1))]), "blind_agreement": float(blind),
+            "p": float(fisher_exact(table, alternative="greater")[1]), "prompts": n}
+
+
+def pairwise(forward: list, backward: list, samples: int = 1000, seed: int = 0) -> Health:
     """Verdicts 'a' / 'b' / None with X in slot a (forward) and in slot b (backward), prompt by prompt."""
     readable = [v for v in forward + backward if v is not None]
     consistent = sum((f, b) in (("a", "b"), ("b", "a")) for f, b in zip(forward, backward, strict=True))
     first_slot = readable.count("a") / len(readable) if readable else None
     consistency = consistent / len(forward) if forward else None
     unreadable = 1 - len(readable) / (len(forward) + len(backward)) if forward else None
+    excess = beyond_blind(forward, backward, samples, seed) if readable else None
     reasons = []
-    if consistency is not None and consistency < MIN_ORDER_CONSISTENCY:
-        reasons.append(f"its two orders agree on {consistency:.0%} of prompts (< {MIN_ORDER_CONSISTENCY:.0%})")
+    if excess is not None and not (excess["p"] is not None and excess["p"] < BLIND_ALPHA):
+        reasons.append(f"its two orders agree on {consistency:.0%} of prompts, not shown above a blind judge at its "
+                       f"first-slot rate" + (f" ({excess['blind_agreement']:.0%}; excess {100 * excess['value']:+.0f} "
+                                             f"[{100 * excess['low']:.0f}, {100 * excess['high']:.0f}] points, "
+                                             f"p = {excess['p']:.2f})" if excess["p"] is not None else ""))
     if first_slot is not None and not 1 - MAX_SLOT_SHARE <= first_slot <= MAX_SLOT_SHARE:
         reasons.append(f"it picks the first slot {first_slot:.0%} of the time")
     if unreadable is not None and unreadable > MAX_UNREADABLE:
         reasons.append(f"{unreadable:.0%} of its verdicts are unreadable")
     return _verdict(reasons, bool(readable), {"first_slot_rate": first_slot, "order_consistency": consistency,
-                                              "unreadable_share": unreadable})
+                                              "beyond_blind": excess, "unreadable_share": unreadable})
 
 
 def of_comparisons(records: list[dict]) -> Health:
@@ -90,21 +134,28 @@ def rewards(records: list[dict]) -> Health:
                                             "unreadable_share": 0.0})
 
 
+def tie_share(values: list[float]) -> float | None:
+    """The share of pairs of items whose scores are equal: scale-free, unlike a standard deviation."""
+    n = len(values)
+    return sum(k * (k - 1) for k in Counter(values).values()) / (n * (n - 1)) if n > 1 else None
+
+
 def scores(values: list[float | None], low: int, high: int) -> Health:
     """Scores on the range low..high (None = unreadable)."""
     readable = [v for v in values if v is not None]
     unreadable = 1 - len(readable) / len(values) if values else None
     spread = math.sqrt(sum((v - sum(readable) / len(readable)) ** 2 for v in readable) / len(readable)) \
         if readable else 0.0
+    ties = tie_share(readable)
     rounded = Counter(math.floor(v + 0.5) for v in readable)
     top, top_count = rounded.most_common(1)[0] if rounded else (None, 0)
     top_share = top_count / len(readable) if readable else None
     reasons = []
     if unreadable is not None and unreadable > MAX_UNREADABLE:
         reasons.append(f"{unreadable:.0%} of its scores are unreadable")
-    if readable and spread < MIN_RELATIVE_SPREAD * (high - low):
-        reasons.append(f"its scores are nearly constant (standard deviation {spread:.2f})")
+    if ties is not None and ties > MAX_TIE_SHARE:
+        reasons.append(f"two of its items tie on {ties:.0%} of pairs (it barely tells them apart)")
     return _verdict(reasons, bool(readable), {
-        "unreadable_share": unreadable, "score_spread": spread, "most_frequent_score": top, "its_share": top_share,
-        "one_score_alarm": top_share is not None and top_share > ONE_SCORE_ALARM,
+        "unreadable_share": unreadable, "score_spread": spread, "tie_share": ties, "most_frequent_score": top,
+        "its_share": top_share, "one_score_alarm": top_share is not None and top_share > ONE_SCORE_ALARM,
         "histogram": {str(s): rounded.get(s, 0) for s in range(low, high + 1)}})

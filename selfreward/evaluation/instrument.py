@@ -41,6 +41,7 @@ class Difference:
     span: float | None = 100.0
     claim: str | None = None
     blind: str | None = None
+    note: str | None = None  # pooled over seeds: how many seeds, and which are missing
 
     @property
     def comparison(self) -> str:
@@ -155,6 +156,12 @@ class Instrument:
     def compare(self, cfg: Config, before: list[dict], after: list[dict], names: tuple[str, str]) -> list[Difference]:
         """Paired differences `after` − `before` on the same items (two models' rows, named by `names`)."""
         raise NotImplementedError
+
+    def derive(self, cfg: Config, run: RunDir) -> list[Difference]:
+        """Its paired differences computed from the per-item rows its stage wrote: what `run` records, and what
+        `selfreward findings` recomputes from a run folder or a book's committed rows. An instrument without
+        per-item rows of its own gives back the differences it recorded."""
+        return self.differences(run)
 
     # ------------------------------------------------------------ reporting
     def tables(self, run: RunDir) -> list[tuple[str, pd.DataFrame]]:

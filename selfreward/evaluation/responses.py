@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from selfreward.config import Config, model_sequence
-from selfreward.io import read_jsonl, write_jsonl
+from selfreward.io import exists, read_jsonl, write_jsonl
 from selfreward.rundir import RunDir
 
 
@@ -15,8 +15,13 @@ def answers(cfg: Config, run: RunDir, model: str, backend, chat) -> list[dict]:
 
     instructions = [p["instruction"] for p in read_jsonl(run.eval_prompts)]
     outputs = answer(backend, chat, instructions, cfg.evaluation, cfg.seed, desc=f"responses {model}")
-    return [{"instruction": i, "response": c.text, "num_tokens": c.num_tokens, "finished": c.finished}
-            for i, (c,) in zip(instructions, outputs, strict=True)]
+    return [{"instruction": i, "response": c.text, "chars": len(c.text), "num_tokens": c.num_tokens,
+             "finished": c.finished} for i, (c,) in zip(instructions, outputs, strict=True)]
+
+
+def characters(row: dict) -> int:
+    """An answer's length in characters (a book's compact rows keep the length, not the text)."""
+    return row["chars"] if "chars" in row else len(row["response"])
 
 
 def run_responses(cfg: Config, run: RunDir) -> dict:
@@ -33,7 +38,7 @@ def run_responses(cfg: Config, run: RunDir) -> dict:
 
 def load(run: RunDir, names: list[str]) -> dict[str, list[dict]]:
     """The answers of the named models that have them, in the evaluation prompts' order."""
-    return {n: read_jsonl(run.responses(n)) for n in names if run.responses(n).is_file()}
+    return {n: read_jsonl(run.responses(n)) for n in names if exists(run.responses(n))}
 
 
 def side_by_side(run: RunDir, names: list[str], count: int = 3, width: int = 500) -> pd.DataFrame:

@@ -217,11 +217,23 @@ def outcome(forward: str | None, backward: str | None) -> str:
     return "tie"  # inconsistent or unreadable
 
 
+LOGIT_CLIP = 1e-6  # a probability of exactly 0 or 1 read as 1e-6 or 1 - 1e-6: a finite logit
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, LOGIT_CLIP), 1 - LOGIT_CLIP)
+    return math.log(p / (1 - p))
+
+
 def soft_preference(forward_p_a: float | None, backward_p_a: float | None) -> float | None:
-    """P(X beats Y) with the judge's position bias averaged out: X sits in slot a in the forward verdict
-    and in slot b in the backward one, so P = 1/2 [P(a | forward) + P(b | backward)]. A judge that always
-    picks slot a gives exactly 1/2. None where the judge gave no probabilities."""
-    return None if forward_p_a is None or backward_p_a is None else 0.5 * (forward_p_a + (1 - backward_p_a))
+    """P(X beats Y) with the judge's position bias removed in logit space, where a slot bias adds to the
+    preference (logit P(a) = s + b with X in slot a, −s + b with X in slot b): s is half the difference of the
+    two logits, and P = sigmoid(s). Averaging the two probabilities instead shrinks a real preference toward 1/2
+    under a strong bias (true 0.731 with a 6-logit slot bias reads 0.503). A judge that always picks slot a,
+    however sure, gives exactly 1/2. None where the judge gave no probabilities."""
+    if forward_p_a is None or backward_p_a is None:
+        return None
+    return 1 / (1 + math.exp(-(_logit(forward_p_a) - _logit(backward_p_a)) / 2))
 
 
 def both_orders(judge, instructions: list[str], responses: dict[str, list[str]],

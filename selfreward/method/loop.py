@@ -32,15 +32,15 @@ def run_data(cfg: Config, run: RunDir) -> dict:
     messages = data.load_oasst("train", d)
     train = data.first_turn_threads(messages, d.max_prompt_chars, d.max_response_chars)
     valid = data.first_turn_threads(data.load_oasst("validation", d))  # evaluation: no length caps
-    eft_source, ift = data.split_eft_ift(train, d.eft_source_size, d.ift_size, cfg.seed)
-    rm_eval = [{**t, "split": "validation"} for t in data.ranked_threads(valid, d.rm_eval_size, cfg.seed)]
+    eft_source, ift = data.split_eft_ift(train, d.eft_source_size, d.ift_size, cfg.item_seed)
+    rm_eval = [{**t, "split": "validation"} for t in data.ranked_threads(valid, d.rm_eval_size, cfg.item_seed)]
     if d.rm_train_size:  # held-out training prompts, whole (no length caps) as the validation ones are
-        rm_eval += data.heldout_ranked_threads(data.first_turn_threads(messages), d.rm_train_size, cfg.seed,
+        rm_eval += data.heldout_ranked_threads(data.first_turn_threads(messages), d.rm_train_size, cfg.item_seed,
                                                exclude=eft_source + ift)
     alpaca = data.load_alpaca_eval(d)
     data.check_reference_generator(alpaca, d.alpaca_eval_generator, str(data.local_dir(d) or d.alpaca_eval_hub_id))
-    heldout, eval_prompts = data.heldout_and_eval(alpaca, d.eval_prompts, cfg.seed, exclude={t["prompt"] for t in train})
-    mt_bench = data.mt_bench_order(data.load_mt_bench(d), cfg.seed)
+    heldout, eval_prompts = data.heldout_and_eval(alpaca, d.eval_prompts, cfg.item_seed, exclude={t["prompt"] for t in train})
+    mt_bench = data.mt_bench_order(data.load_mt_bench(d), cfg.item_seed)
     for name, rows, source in [("IFT seed", ift, "oasst/train.jsonl"), ("EFT source", eft_source, "oasst/train.jsonl"),
                                ("reward-model eval set", rm_eval, "oasst/validation.jsonl"),
                                ("eval prompts", eval_prompts, "eval/alpaca_eval.json")]:

@@ -13,7 +13,7 @@ def base_model(cfg: Config, run: RunDir) -> str:
     def corpus():
         return [text for e in read_jsonl(run.ift) for text in (e["prompt"], e["response"])]
 
-    return models.resolve(cfg.model.spec, corpus=corpus, model_cfg=cfg.model, seed=cfg.seed)
+    return models.resolve(cfg.model.spec, corpus=corpus, model_cfg=cfg.model, seed=cfg.item_seed)
 
 
 def model_path(cfg: Config, run: RunDir, reference: str) -> str:

@@ -16,6 +16,7 @@ import yaml
 
 from selfreward import CHECKOUT
 from selfreward.io import read_json, write_text
+from selfreward.run import rederive
 from selfreward.run.manifest import problems
 from selfreward.run.notebooks import machine_paths, scrub, scrub_output
 from selfreward.rundir import RunDir
@@ -107,6 +108,7 @@ def prepare(run_dir, book_dir=None) -> Path:
     for path in found:
         _copy_for_book(path, target / path.name, paths, records.get(run.relative(path), {}).get("stale"))
     shutil.copy2(run.manifest, target / "manifest.json")
+    rederive.export_rows(run, target / rederive.ROWS)  # the per-item rows: `selfreward findings` re-derives the book
     write_text(target / "about.md", about(run))
     results = [p for p in found if p.stem == "results"]
     stages = [p for p in found if p not in results]

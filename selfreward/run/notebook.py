@@ -62,7 +62,7 @@ class StageNotebook:
         """The config sections this stage reads, one row per value, the overridden ones marked."""
         rows = []
         for section in self.stage.sections:
-            value = self.config.to_dict()[section]
+            value = self.config.to_dict().get(section, getattr(self.config, section, None))  # item_seed: a property
             for key, item in (_flat(value, section) if isinstance(value, dict) else {section: value}).items():
                 rows.append({"param": key, "value": repr(item) if isinstance(item, str) else item,
                              "overridden": "yes" if key in self.overrides else ""})

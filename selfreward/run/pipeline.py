@@ -139,9 +139,38 @@ def preflight(cfg: Config, out_root: Path):
                           f"variable {e.endpoint_api_key_env}, which is not set")
 
 
+def seed_overrides(cfg: Config, overrides: list[str] | dict | None, seed: int) -> dict:
+    """The overrides that make the params file's config that of one seed's chain (`Config.for_seed`), so that its
+    stage notebooks rebuild it."""
+    return {**override_mapping(overrides or []), "name": f"seed_{seed}", "seed": seed, "seeds": None,
+            "split_seed": cfg.item_seed}
+
+
 def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overrides: list[str] | dict | None = None,
         force: list[str] = (), start: str | None = None, verify: bool = False, reuse: str | Path | None = None,
         only: list[str] = (), log=print, params: dict | None = None, tweaks: dict | None = None) -> dict:
+    """Run `cfg` into `out_root/<name>`: one chain (`run_chain`), or with several `seeds` one chain per seed.
+    The run's own folder holds the first seed's chain and the results that pool them all; every other seed's
+    chain is a run of its own in seeds/seed_<s>/, which takes the stages that do not depend on the seed (the
+    data) from the run's folder, and has no results chapter of its own. Each chain resumes by stage."""
+    seeds = cfg.chain_seeds[1:]
+    if not seeds:
+        return run_chain(cfg, out_root, params_file, overrides, force, start, verify, reuse, only, log, params, tweaks)
+    run_dir = RunDir(Path(out_root) / cfg.name)
+    run_chain(cfg, out_root, params_file, overrides, force, start, verify, reuse, ["data"], log, params, tweaks)
+    for seed in seeds:
+        mine = cfg.for_seed(seed)
+        chain = [s.name for s in plan(mine) if not s.report]
+        log(f"[seeds] seed {seed}: {run_dir.root / 'seeds' / mine.name}")
+        run_chain(mine, run_dir.root / "seeds", params_file, seed_overrides(cfg, overrides, seed), force, start,
+                  verify, run_dir.root, [n for n in only if n in chain] or chain, lambda line: log(f"  {line}"), params)
+    return run_chain(cfg, out_root, params_file, overrides, force, start, verify, None, only, log, params, tweaks)
+
+
+def run_chain(cfg: Config, out_root: str | Path = "runs", params_file: str = "",
+              overrides: list[str] | dict | None = None, force: list[str] = (), start: str | None = None,
+              verify: bool = False, reuse: str | Path | None = None, only: list[str] = (), log=print,
+              params: dict | None = None, tweaks: dict | None = None) -> dict:
     """Run the stages of `cfg` into `out_root/<name>`: stages whose config, inputs, needs and outputs are
     unchanged are skipped; the others run in one Jupyter kernel, in order. With `reuse` (another run's folder),
     the stages that run has finished with the same fingerprints are taken from it first. With `only`, just those

@@ -10,7 +10,7 @@ import pandas as pd
 
 from selfreward import evaluation, paper
 from selfreward.config import model_sequence
-from selfreward.evaluation import findings
+from selfreward.evaluation import findings, pooling
 from selfreward.evaluation.responses import side_by_side as _side_by_side
 from selfreward.io import read_json, read_jsonl
 from selfreward.rundir import RunDir
@@ -66,12 +66,76 @@ def _tweaks(manifest: dict) -> str:
 
 
 def differences(run_dir) -> dict[str, list]:
-    """Every instrument's paired differences, by instrument title."""
-    return {i.title: i.differences(RunDir(run_dir)) for i in done_instruments(run_dir)}
+    """Every instrument's paired differences, by instrument title: pooled over the run's seeds where it has
+    several (`evaluation.pooling`), else the run's own."""
+    return pooling.pooled_differences(run_dir)
 
 
 def findings_table(run_dir) -> pd.DataFrame:
     return findings.table(differences(run_dir))
+
+
+def findings_details(run_dir) -> pd.DataFrame:
+    return findings.details(differences(run_dir))
+
+
+def seeds_line(run_dir) -> str:
+    """Which seeds the findings pool, and which are missing: never a silent pool."""
+    seeds, missing = list(pooling.seed_folders(run_dir)), pooling.missing_seeds(run_dir)
+    if len(seeds) == 1:
+        return (f"One chain (seed {seeds[0]}): the intervals cover the sampling of items, not the variation between "
+                "trained chains (`seeds: [0, 1, 2]` trains one chain per seed and pools them).")
+    text = (f"**{len(seeds)} seeds** ({', '.join(map(str, seeds))}): each finding pools the seeds' paired differences "
+            "with a t-interval over seeds, which includes the variation between trained chains.")
+    if missing:
+        text += (f"\n\n**Missing from the pool:** seed {', '.join(map(str, missing))} (no evaluation results in its "
+                 "chain's folder: run it, or the findings describe fewer chains than the params ask for).")
+    return text
+
+
+def forest_plots(run_dir) -> list:
+    """Each finding as a forest plot: every seed's Δ with its 95% interval, and the pooled one (a diamond)."""
+    import matplotlib.pyplot as plt
+
+    from selfreward.evaluation.findings import rows
+
+    per_seed = pooling.by_seed(run_dir)
+    pooled = differences(run_dir)
+    claims = {c.id: c for c in paper.CLAIMS}
+    panels = [(title, d) for title, ds in pooled.items() for d in ds if d.claim in claims]
+    if not panels:
+        return []
+    verdicts = {(r["instrument"], r["comparison"]): r["verdict"] for r in rows(pooled)}
+    columns = 2
+    fig, axes = plt.subplots((len(panels) + columns - 1) // columns, columns, squeeze=False,
+                             figsize=(10, 1.9 * ((len(panels) + columns - 1) // columns)))
+    for ax, (title, d) in zip(axes.flat, panels, strict=False):
+        seeds = per_seed[title][(d.metric, d.before, d.after)]
+        labels, points = [f"seed {s}" for s in seeds], [e.estimate for e in seeds.values()]
+        if len(seeds) > 1:
+            labels, points = labels + ["pooled"], points + [d.estimate]
+        for y, (label, e) in enumerate(zip(labels, points, strict=True)):
+            if e.value is None:
+                continue
+            low, high = (e.low, e.high) if e.low is not None else (e.value, e.value)
+            ax.plot([low * d.scale, high * d.scale], [y, y], color="black" if label == "pooled" else "tab:blue")
+            ax.plot([e.value * d.scale], [y], "D" if label == "pooled" else "o",
+                    color="black" if label == "pooled" else "tab:blue")
+        ax.axvline(0, color="grey", linestyle=":")
+        claim = claims[d.claim]
+        if claim.expect == "same" and d.unit in (claim.margins or {}):
+            for edge in (-claim.margin(d.unit), claim.margin(d.unit)):
+                ax.axvline(edge, color="tab:red", linestyle="--", linewidth=0.8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"{claim.text}\n{d.metric} ({d.comparison}): {verdicts.get((f'{title}: {d.metric}', d.comparison), '')}"[:150],
+                     fontsize=7)
+        ax.set_xlabel(f"Δ ({d.unit})", fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return [fig]
 
 
 def too_coarse(run_dir) -> str:

@@ -57,7 +57,7 @@ class Stage:
 # ---------------------------------------------------------------- the builders, one per kind of stage
 
 def data_stage() -> Stage:
-    return Stage("data", "data", "01_data.ipynb", loop.run_data, ("seed", "data"), outputs=lambda r: [r.data],
+    return Stage("data", "data", "01_data.ipynb", loop.run_data, ("item_seed", "data"), outputs=lambda r: [r.data],
                  inputs=lambda cfg: data.source_identity(cfg.data))
 
 

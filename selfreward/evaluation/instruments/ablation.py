@@ -14,7 +14,7 @@ import pandas as pd
 
 from selfreward import evaluation
 from selfreward.evaluation import register
-from selfreward.evaluation.estimates import RISES, mean_of, paired
+from selfreward.evaluation.estimates import holm, mean_of, p_value, paired
 from selfreward.evaluation.instrument import Difference, Instrument
 from selfreward.io import read_json, read_jsonl, write_json, write_jsonl
 from selfreward.method import fixes
@@ -109,17 +109,27 @@ class Ablation(Instrument):
         return [(f"**{self.verdict(run)}** The variants, each from the model the paper's recipe started from:",
                  pd.DataFrame(rows).set_index("variant"))]
 
-    def verdict(self, run) -> str:
-        """Which variant, if any, helps at this size, and how sure the intervals let us be."""
+    def adjusted(self, run) -> list[tuple[Difference, float | None]]:
+        """The quality differences the verdict reads, each with its Holm-adjusted p-value over all of them (every
+        variant on every quality measure is one family: at 95% each, one of twenty rises by chance)."""
         quality = set(self.result(run).get("quality_metrics", []))
-        differences = [d for d in self.differences(run) if d.metric in quality]
-        helps = sorted({d.after for d in differences if d.direction() == RISES and not d.blind})
-        widest = max((d.estimate.half_width * d.scale for d in differences if d.estimate.half_width), default=None)
+        differences = [d for d in self.differences(run) if d.metric in quality and not d.blind]
+        return list(zip(differences, holm([p_value(d.estimate) for d in differences]), strict=True))
+
+    def verdict(self, run) -> str:
+        """Which variant, if any, helps at this size (Holm-adjusted over every variant and quality measure), and
+        how sure the intervals let us be."""
+        quality = set(self.result(run).get("quality_metrics", []))
+        adjusted = self.adjusted(run)
+        helps = sorted({d.after for d, p in adjusted if p is not None and p < 0.05 and d.estimate.value > 0})
+        widest = max((d.estimate.half_width * d.scale for d, _ in adjusted if d.estimate.half_width), default=None)
         measures = ", ".join(sorted(quality)) or "no quality measure"
+        family = f"Holm-adjusted over {len(adjusted)} variant × measure differences"
         if helps:
-            return f"Variants that raise a quality measure ({measures}) beyond its 95% interval: {', '.join(helps)}."
-        return (f"No variant raises a quality measure ({measures}) beyond its 95% interval"
-                + (f" (intervals up to ±{widest:.1f} points): at this size none is shown to help." if widest else "."))
+            return f"Variants that raise a quality measure ({measures}; {family}): {', '.join(helps)}."
+        return (f"No variant raises a quality measure ({measures}) once {len(adjusted)} differences are read together "
+                f"({family})" + (f"; intervals up to ±{widest:.1f} points: at this size none is shown to help."
+                                 if widest else "."))
 
     def headlines(self, run):
         return {f"ablation {d.after}: {d.metric}" + ("" if d.unit == "characters" else " Δ %"): d.estimate

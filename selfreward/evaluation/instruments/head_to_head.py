@@ -12,7 +12,7 @@ from selfreward.evaluation import health, register
 from selfreward.evaluation.estimates import Estimate, bootstrap, mean
 from selfreward.evaluation.instrument import Difference, Instrument
 from selfreward.evaluation.responses import load
-from selfreward.io import read_jsonl, write_json, write_jsonl
+from selfreward.io import exists, read_jsonl, write_json, write_jsonl
 from selfreward.method import evaluation_judge
 
 COMPARISONS = [("m1", "sft_baseline"), ("m2", "sft_baseline"), ("m3", "sft_baseline"),
@@ -45,8 +45,9 @@ class HeadToHead(Instrument):
         "Every pair of models answers the same held-out AlpacaEval prompts; the evaluation judge compares the "
         "two answers in both orders. A model wins a prompt when the judge prefers it in both orders, loses when it "
         "prefers the other in both; anything else (inconsistent or unreadable) is a tie, as in the paper. **Net "
-        "wins** = (wins − losses) / n, with its 95% interval and MDE; the **soft win rate** averages the judge's "
-        "probability for the model over both orders, so that a preference for one slot cancels out. A judge that "
+        "wins** = (wins − losses) / n, with its 95% interval and MDE; the **soft win rate** reads the judge's "
+        "probabilities in both orders and removes its preference for a slot in logit space (half the difference of "
+        "the two logits), so that a slot bias neither adds to nor shrinks a preference. A judge that "
         "mostly answers by position (first-slot rate, order consistency) is marked *uninformative*.")
     uses_responses = True
     order = 10
@@ -63,19 +64,28 @@ class HeadToHead(Instrument):
             records = evaluation_judge.both_orders(judge, instructions, texts, pairs)
         comparisons = {key: summarise(rows, e.bootstrap_samples, cfg.seed) for key, rows in records.items()}
         for key, rows in records.items():
-            write_jsonl(self.folder(run) / f"{key.replace(' ', '_')}.jsonl", rows)
-        differences = []
-        for x, y in pairs:
-            c = comparisons[f"{x} vs {y}"]
-            verdicts = health.Health.from_dict(c["health"])
-            differences.append(Difference("net wins (wins − losses) / n", y, x, Estimate.from_dict(c["net_wins"]),
-                                          claim=CLAIMS.get((x, y)), blind=None if verdicts.informative
-                                          else verdicts.why_not))
+            write_jsonl(self.records_file(run, key), rows)
+        differences = self.derive(cfg, run)
         write_json(self.file(run), {"judge": judge_name, "prompts": len(instructions), "comparisons": comparisons,
                                     "differences": [d.to_dict() for d in differences],
                                     "health": {k: c["health"] for k, c in comparisons.items()}})
         return {"judge": judge_name, "eval_prompts": len(instructions),
                 **{key: f"{c['win']}/{c['tie']}/{c['loss']}" for key, c in comparisons.items()}}
+
+    def records_file(self, run, key: str):
+        return self.folder(run) / f"{key.replace(' ', '_')}.jsonl"
+
+    def derive(self, cfg, run):
+        differences = []
+        for x, y in COMPARISONS:
+            if not exists(self.records_file(run, f"{x} vs {y}")):
+                continue
+            c = summarise(read_jsonl(self.records_file(run, f"{x} vs {y}")), cfg.evaluation.bootstrap_samples, cfg.seed)
+            verdicts = health.Health.from_dict(c["health"])
+            differences.append(Difference("net wins (wins − losses) / n", y, x, Estimate.from_dict(c["net_wins"]),
+                                          claim=CLAIMS.get((x, y)), blind=None if verdicts.informative
+                                          else verdicts.why_not))
+        return differences
 
     def tables(self, run):
         data = self.result(run)

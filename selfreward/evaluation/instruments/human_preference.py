@@ -48,7 +48,7 @@ def threads(cfg, run) -> list[dict]:
     training prompts `data.rm_train_size` adds give the reward-model reading its power; this one has its
     power from the validation pairs alone (MDE under 2 points), and reads them only."""
     found = [t for t in read_jsonl(run.rm_eval) if t.get("split", "validation") == "validation"]
-    return data.ranked_threads(found, cfg.evaluation.hp_prompts, cfg.seed) if cfg.evaluation.hp_prompts else found
+    return data.ranked_threads(found, cfg.evaluation.hp_prompts, cfg.item_seed) if cfg.evaluation.hp_prompts else found
 
 
 def references(cfg) -> dict[str, str]:
@@ -93,9 +93,7 @@ class HumanPreference(Instrument):
                 entry["implicit_reward"] = agreement.accuracy(implicit(rows, per_model[refs[name]]), e.bootstrap_samples,
                                                               cfg.seed)
             models[name] = {k: v.to_dict() if isinstance(v, Estimate) else v for k, v in entry.items()}
-        differences = [dataclasses.replace(d, claim=CLAIMS.get((before, after)))
-                       for before, after in model_steps(list(per_model))
-                       for d in self.compare(cfg, per_model[before], per_model[after], (before, after))]
+        differences = self.derive(cfg, run)
         first = next(iter(per_model.values()))
         pairs = agreement.pair_count(normalised(first))
         write_json(self.file(run), {"prompts": len(first), "replies": sum(len(r["ranks"]) for r in first),
@@ -103,6 +101,12 @@ class HumanPreference(Instrument):
                                     "differences": [d.to_dict() for d in differences]})
         return {"hp_prompts": len(first), "pairs": pairs,
                 **{f"length_normalised {n}": round(m["length_normalised"]["value"], 4) for n, m in models.items()}}
+
+    def derive(self, cfg, run):
+        per_model = {name: self.rows(run, name) for name in self.models(cfg)}
+        return [dataclasses.replace(d, claim=CLAIMS.get((before, after)))
+                for before, after in model_steps(list(per_model))
+                for d in self.compare(cfg, per_model[before], per_model[after], (before, after))]
 
     def tables(self, run):
         result = self.result(run)

@@ -41,23 +41,27 @@ class Lengths(Instrument):
             return Difference(metric, *names, paired([value(r) for r in before], [value(r) for r in after], mean_of,
                                                      e.bootstrap_samples, cfg.seed), **units)
 
-        return [difference("answer length", lambda r: len(r["response"]), unit="characters", scale=1.0, span=None),
+        return [difference("answer length", responses.characters, unit="characters", scale=1.0, span=None),
                 difference("answers that finish", lambda r: float(r["finished"]))]
 
     def run(self, cfg, run) -> dict:
         e = cfg.evaluation
         answers = responses.load(run, self.models(cfg))
-        models = {name: {"characters": mean([len(r["response"]) for r in rows], e.bootstrap_samples, cfg.seed).to_dict(),
+        models = {name: {"characters": mean([responses.characters(r) for r in rows], e.bootstrap_samples, cfg.seed).to_dict(),
                          "tokens": mean([r["num_tokens"] for r in rows], e.bootstrap_samples, cfg.seed).to_dict(),
                          "finished": mean([float(r["finished"]) for r in rows], e.bootstrap_samples, cfg.seed).to_dict()}
                   for name, rows in answers.items()}
-        differences = []
-        for before, after in model_steps(list(answers)):
-            length, finished = self.compare(cfg, answers[before], answers[after], (before, after))
-            differences += [dataclasses.replace(length, claim=None if before == "sft_baseline" else "longer"), finished]
+        differences = self.derive(cfg, run)
         write_json(self.file(run), {"prompts": len(next(iter(answers.values()), [])), "max_new_tokens": e.max_new_tokens,
                                     "models": models, "differences": [d.to_dict() for d in differences]})
         return {f"mean characters {n}": round(m["characters"]["value"], 1) for n, m in models.items()}
+
+    def derive(self, cfg, run):
+        answers, differences = responses.load(run, self.models(cfg)), []
+        for before, after in model_steps(list(answers)):
+            length, finished = self.compare(cfg, answers[before], answers[after], (before, after))
+            differences += [dataclasses.replace(length, claim=None if before == "sft_baseline" else "longer"), finished]
+        return differences
 
     def estimates(self, run) -> dict[str, dict[str, Estimate]]:
         return {n: {k: Estimate.from_dict(v) for k, v in m.items()} for n, m in self.result(run)["models"].items()}

@@ -11,7 +11,7 @@ from selfreward import paper
 from selfreward.evaluation import health, register
 from selfreward.evaluation.estimates import Estimate, mean, mean_of, paired
 from selfreward.evaluation.instrument import Difference, Instrument, model_steps
-from selfreward.io import read_jsonl, write_json, write_jsonl
+from selfreward.io import exists, read_jsonl, write_json, write_jsonl
 from selfreward.method import evaluation_judge
 from selfreward.method.prompts import MT_BENCH_RATING
 
@@ -84,22 +84,30 @@ class MTBench(Instrument):
                     a["ratings"] = [ratings[2 * i], ratings[2 * i + 1]]
                 write_jsonl(self.folder(run) / f"{name}.jsonl", rows)
                 models[name] = scores(rows, e.bootstrap_samples, cfg.seed)
-        differences = []
-        for before, after in model_steps(list(written)):
-            blind = "; ".join(f"{m}: {models[m]['health']['why_not']}" for m in (before, after)
-                              if not models[m]["health"]["informative"]) or None
-            estimate = paired(question_scores(written[before]), question_scores(written[after]), mean_of,
-                              e.bootstrap_samples, cfg.seed)
-            differences.append(Difference("MT-Bench score", before, after, estimate, unit="rating (1-10)", scale=1.0,
-                                          span=9.0, blind=blind,
-                                          claim=CLAIMS.get((before, after), None if before == "sft_baseline"
-                                                           else "mt_bench_rises")))
+        differences = self.derive(cfg, run)
         write_json(self.file(run), {"judge": judge_name, "questions": len(questions), "models": models,
                                     "differences": [d.to_dict() for d in differences],
                                     "health": {n: m["health"] for n, m in models.items()}})
         return {"questions": len(questions), "tokens_generated": tokens,
                 **{f"overall {n}": None if m["overall"]["value"] is None else round(m["overall"]["value"], 3)
                    for n, m in models.items()}}
+
+    def derive(self, cfg, run):
+        e = cfg.evaluation
+        written = {n: read_jsonl(self.folder(run) / f"{n}.jsonl") for n in self.models(cfg)
+                   if exists(self.folder(run) / f"{n}.jsonl")}
+        healths = {n: health.scores([r["rating"] for row in rows for r in row["ratings"]], MT_BENCH_RATING.low,
+                                    MT_BENCH_RATING.high) for n, rows in written.items()}
+        differences = []
+        for before, after in model_steps(list(written)):
+            blind = "; ".join(f"{m}: {healths[m].why_not}" for m in (before, after) if not healths[m].informative) or None
+            estimate = paired(question_scores(written[before]), question_scores(written[after]), mean_of,
+                              e.bootstrap_samples, cfg.seed)
+            differences.append(Difference("MT-Bench score", before, after, estimate, unit="rating (1-10)", scale=1.0,
+                                          span=9.0, blind=blind,
+                                          claim=CLAIMS.get((before, after), None if before == "sft_baseline"
+                                                           else "mt_bench_rises")))
+        return differences
 
     def tables(self, run):
         result = self.result(run)

@@ -5,8 +5,6 @@ in AlpacaEval's manner: a logistic model of the verdict on the (tanh-squashed, s
 difference, fitted on the run's own verdicts, read at zero length difference."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
@@ -16,15 +14,35 @@ from selfreward.evaluation import health, register
 from selfreward.evaluation.estimates import Estimate, bootstrap_many, paired_many
 from selfreward.evaluation.instrument import Difference, Instrument, model_steps
 from selfreward.evaluation.responses import load
-from selfreward.io import read_jsonl, write_json, write_jsonl
+from selfreward.io import exists, read_jsonl, write_json, write_jsonl
 from selfreward.method import evaluation_judge
 
 
 def length_features(answers: list[str], references: list[str]) -> list[float]:
-    """tanh of the length difference (characters) over its standard deviation, as AlpacaEval's LC does."""
-    diffs = [len(a) - len(r) for a, r in zip(answers, references, strict=True)]
-    sd = math.sqrt(sum(d * d for d in diffs) / len(diffs)) if diffs else 0.0
-    return [math.tanh(d / sd) if sd else 0.0 for d in diffs]
+    """tanh of the length difference (characters) over its standard deviation, centred (AlpacaEval's minimal
+    length-controlled GLM: `np.tanh(delta / delta.std())`)."""
+    return features_of([len(a) for a in answers], [len(r) for r in references])
+
+
+def features_of(answer_chars: list[int], reference_chars: list[int]) -> list[float]:
+    diffs = np.array([a - r for a, r in zip(answer_chars, reference_chars, strict=True)], dtype=float)
+    sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
+    return [float(np.tanh(d / sd)) if sd else 0.0 for d in diffs]
+
+
+ONE_SIDE = 0.75  # most answers on one side of the reference's length: the zero-difference reading extrapolates
+
+
+def one_sided(answers: list[str], references: list[str]) -> str | None:
+    """A warning when most answers are shorter (or longer) than the reference: the length-controlled rate is then
+    read where few answers lie."""
+    shorter = sum(len(a) < len(r) for a, r in zip(answers, references, strict=True))
+    longer = sum(len(a) > len(r) for a, r in zip(answers, references, strict=True))
+    for count, side in ((shorter, "shorter"), (longer, "longer")):
+        if count > ONE_SIDE * len(answers):
+            return (f"{count} of {len(answers)} answers are {side} than the reference: the length-controlled rate "
+                    "is read at zero length difference, where few answers lie (an extrapolation)")
+    return None
 
 
 RIDGE = 1e-3
@@ -61,7 +79,9 @@ class Reference(Instrument):
         "same instruction, by **this run's evaluation judge on this run's prompts**: a stand-in for the paper's "
         "AlpacaEval 2.0 win rates (GPT-4 Turbo as annotator, 805 prompts), not that benchmark. The win rate counts "
         "ties ½. The **length-controlled** win rate reads a logistic model of the verdict on the length difference "
-        "(fitted on this run's verdicts, as AlpacaEval's LC does) at zero length difference.")
+        "(tanh of the difference over its centred standard deviation, fitted on this run's verdicts: AlpacaEval's "
+        "minimal length-controlled GLM) at zero length difference; where most answers lie on one side of the "
+        "reference's length, that reading extrapolates, and the table says so.")
     uses_responses = True
     order = 20
 
@@ -77,13 +97,12 @@ class Reference(Instrument):
         with evaluation_judge.evaluation_judge(cfg, run) as (judge, judge_name):
             records = evaluation_judge.both_orders(judge, instructions, {**texts, "reference": references},
                                          [(n, "reference") for n in names])
-        items, models = {}, {}
+        models = {}
         for name in names:
-            rows = records[f"{name} vs reference"]
+            rows = [{**r, "answer_chars": len(a), "reference_chars": len(ref)}  # what the length control reads
+                    for r, a, ref in zip(records[f"{name} vs reference"], texts[name], references, strict=True)]
             write_jsonl(self.folder(run) / f"{name}.jsonl", rows)
-            items[name] = list(zip([evaluation_judge.POINTS[r["outcome"]] for r in rows],
-                                   length_features(texts[name], references), strict=True))
-            estimates = bootstrap_many(items[name], _statistics, e.bootstrap_samples, cfg.seed)
+            estimates = bootstrap_many(self.items(rows), _statistics, e.bootstrap_samples, cfg.seed)
             verdicts = health.of_comparisons(rows)
             longer = [evaluation_judge.POINTS[r["outcome"]] for r, a, ref in zip(rows, texts[name], references, strict=True) if len(a) > len(ref)]
             models[name] = {"win_rate": estimates["win_rate"].to_dict(),
@@ -91,18 +110,9 @@ class Reference(Instrument):
                             "mean_chars": sum(map(len, texts[name])) / len(texts[name]),
                             "longer_than_reference": len(longer),
                             "win_rate_where_longer": sum(longer) / len(longer) if longer else None,
+                            "length_warning": one_sided(texts[name], references),
                             "health": verdicts.to_dict()}
-        differences = []
-        for before, after in model_steps(names):
-            blind = [f"{m}: {models[m]['health']['why_not']}" for m in (before, after)
-                     if not models[m]["health"]["informative"]]
-            paired = paired_many(items[before], items[after], _statistics, e.bootstrap_samples, cfg.seed)
-            for metric, label in (("win_rate", "win rate vs GPT-4 Turbo outputs"),
-                                  ("length_controlled", "length-controlled win rate vs GPT-4 Turbo outputs")):
-                differences.append(Difference(label, before, after, paired[metric],
-                                              claim="reference_rises" if metric == "win_rate"
-                                              and before != "sft_baseline" else None,
-                                              blind="; ".join(blind) or None))
+        differences = self.derive(cfg, run)
         write_json(self.file(run), {
             "judge": judge_name, "prompts": len(prompts), "reference_generator": prompts[0].get("reference_generator"),
             "reference_mean_chars": sum(map(len, references)) / len(references), "models": models,
@@ -110,6 +120,30 @@ class Reference(Instrument):
             "health": {n: m["health"] for n, m in models.items()}})
         return {"judge": judge_name, "eval_prompts": len(prompts),
                 **{f"win_rate {n}": round(100 * m["win_rate"]["value"], 1) for n, m in models.items()}}
+
+    @staticmethod
+    def items(rows: list[dict]) -> list[tuple[float, float]]:
+        """(outcome points, length feature) per prompt, from the comparison records."""
+        return list(zip([evaluation_judge.POINTS[r["outcome"]] for r in rows],
+                        features_of([r["answer_chars"] for r in rows], [r["reference_chars"] for r in rows]), strict=True))
+
+    def derive(self, cfg, run):
+        e = cfg.evaluation
+        rows = {n: read_jsonl(self.folder(run) / f"{n}.jsonl") for n in self.models(cfg)
+                if exists(self.folder(run) / f"{n}.jsonl")}
+        healths = {n: health.of_comparisons(r) for n, r in rows.items()}
+        differences = []
+        for before, after in model_steps(list(rows)):
+            blind = [f"{m}: {healths[m].why_not}" for m in (before, after) if not healths[m].informative]
+            paired = paired_many(self.items(rows[before]), self.items(rows[after]), _statistics, e.bootstrap_samples,
+                                 cfg.seed)
+            for metric, label in (("win_rate", "win rate vs GPT-4 Turbo outputs"),
+                                  ("length_controlled", "length-controlled win rate vs GPT-4 Turbo outputs")):
+                differences.append(Difference(label, before, after, paired[metric],
+                                              claim="reference_rises" if metric == "win_rate"
+                                              and before != "sft_baseline" else None,
+                                              blind="; ".join(blind) or None))
+        return differences
 
     def tables(self, run):
         data = self.result(run)
@@ -126,7 +160,9 @@ class Reference(Instrument):
                          else round(100 * h.stats["first_slot_rate"], 1),
                          "judge": h.label(), "paper (AlpacaEval 2.0) %": paper.ALPACA_EVAL_2.get(name, "—")})
         caption = (f"Judge: {data['judge']} on {data['prompts']} prompts, against the outputs of "
-                   f"{data['reference_generator']}; the paper's column is AlpacaEval 2.0 (another judge, 805 prompts).")
+                   f"{data['reference_generator']}; the paper's column is AlpacaEval 2.0 (another judge, 805 prompts)."
+                   + "".join(f" ⚠ {name}: {m['length_warning']}." for name, m in data["models"].items()
+                             if m.get("length_warning")))
         return [(caption, pd.DataFrame(rows).set_index("model"))]
 
     def headlines(self, run):

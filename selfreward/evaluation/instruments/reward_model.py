@@ -28,7 +28,7 @@ def prompts(cfg, run) -> list[dict]:
     if cfg.evaluation.rm_max_reply_chars:
         threads = data.short_reply_threads(threads, cfg.evaluation.rm_max_reply_chars)
     if cfg.evaluation.rm_prompts:
-        threads = data.ranked_threads(threads, cfg.evaluation.rm_prompts, cfg.seed)
+        threads = data.ranked_threads(threads, cfg.evaluation.rm_prompts, cfg.item_seed)
     return threads
 
 
@@ -97,13 +97,7 @@ class RewardModel(Instrument):
                             "metrics": {k: v.to_dict() for k, v in
                                         agreement.metrics(rows[label], e.bootstrap_samples, cfg.seed).items()},
                             "pairs": agreement.pair_count(rows[label])}
-        differences = []
-        for before, after in model_steps(self.models(cfg)):
-            differences += self.compare(cfg, rows[before], rows[after], (before, after), claim="rm_rises")
-            if before == "sft_baseline":  # with EFT (M1) against without (the SFT baseline): one score piles up?
-                paired = agreement.paired_metrics(rows[before], rows[after], e.bootstrap_samples, cfg.seed)
-                differences.append(Difference("top-score share", before, after, paired["top_score_share"],
-                                              claim="no_eft_one_score", blind=None))
+        differences = self.derive(cfg, run)
         threads = prompts(cfg, run)
         write_json(self.file(run), {"prompts": len(threads), "replies": sum(len(t["replies"]) for t in threads),
                                     "splits": dict(Counter(t.get("split", "validation") for t in threads)),
@@ -112,6 +106,16 @@ class RewardModel(Instrument):
                                     "health": {label: t["health"] for label, t in table.items()}})
         return {"rm_prompts": len(threads), "tokens_generated": tokens,
                 **{f"pairwise_accuracy {k}": t["metrics"]["pairwise_accuracy"]["value"] for k, t in table.items()}}
+
+    def derive(self, cfg, run):
+        e, rows, differences = cfg.evaluation, {name: self.rows(run, name) for name in self.models(cfg)}, []
+        for before, after in model_steps(self.models(cfg)):
+            differences += self.compare(cfg, rows[before], rows[after], (before, after), claim="rm_rises")
+            if before == "sft_baseline":  # with EFT (M1) against without (the SFT baseline): one score piles up?
+                paired = agreement.paired_metrics(rows[before], rows[after], e.bootstrap_samples, cfg.seed)
+                differences.append(Difference("top-score share", before, after, paired["top_score_share"],
+                                              claim="no_eft_one_score", blind=None))
+        return differences
 
     def metrics(self, run) -> dict[str, dict[str, Estimate]]:
         return {label: {k: Estimate.from_dict(v) for k, v in entry["metrics"].items()}

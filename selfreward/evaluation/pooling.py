@@ -1,0 +1,92 @@
+"""Seeds as a dimension of a run: every instrument's paired differences read in each seed's chain, and one
+pooled estimate per difference whose interval includes the variation between chains.
+
+A run with `seeds: [s0, s1, ...]` trains its chain once per seed (training order, dropout, EFT judgments,
+prompts, candidates), with the data split and the evaluation items fixed: the run's folder holds the first
+seed's chain, seeds/seed_<s>/ the others (`run.pipeline.run`). Each seed's difference Δ_s already carries both
+sources of noise a re-run meets, the sampling of items and the training of the chain, so the pooled estimate
+is their mean with a t-interval over seeds: mean ± t(0.975, k−1) · sd(Δ_s)/√k. We chose it over a
+hierarchical bootstrap (seeds, then items within a seed) because with 3 to 5 seeds a bootstrap over seeds
+has only a handful of distinct resamples and its percentile interval is too narrow, while the t-interval is
+exact for normal Δ_s and honest about how few chains there are (its MDE uses the same t quantiles). One seed
+gives that seed's own interval back unchanged.
+
+A seed that is missing (its chain not run, or an instrument missing in it) is never pooled in silence: the
+pooled difference names it in its `note`, and `missing` lists the seeds without results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from selfreward import evaluation
+from selfreward.evaluation.estimates import Estimate, mde_factor, quantile
+from selfreward.evaluation.instrument import Difference
+from selfreward.io import read_json
+from selfreward.rundir import RunDir
+
+
+def pooled(estimates: list[Estimate]) -> Estimate:
+    """The mean of per-seed differences with its t-interval over seeds (one seed: its own estimate)."""
+    known = [e for e in estimates if e is not None and e.value is not None]
+    if len(known) <= 1:
+        return known[0] if known else Estimate(None)
+    k = len(known)
+    values = [e.value for e in known]
+    mean = sum(values) / k
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1) / k)
+    half = quantile(0.975, k - 1) * se
+    return Estimate(mean, mean - half, mean + half, n=min(e.n for e in known), mde=mde_factor(k - 1) * se, df=k - 1)
+
+
+def seed_folders(run_dir) -> dict[int, RunDir]:
+    """Every seed of a run with the folder of its chain: the run's own for the first, seeds/seed_<s> after."""
+    root = RunDir(run_dir)
+    config = read_json(root.manifest)["config"]
+    seeds = config.get("seeds") or [config["seed"]]
+    return {seed: root if i == 0 else RunDir(Path(root.root) / "seeds" / f"seed_{seed}") for i, seed in enumerate(seeds)}
+
+
+def missing_seeds(run_dir) -> list[int]:
+    """The seeds whose chain has no evaluation results (not run, or failed before its instruments)."""
+    return [seed for seed, folder in seed_folders(run_dir).items()
+            if not any(i.done(folder) for i in evaluation.registered())]
+
+
+def by_seed(run_dir, derived: bool = False) -> dict[str, dict[tuple[str, str, str], dict[int, Difference]]]:
+    """Per instrument title, per difference (metric, before, after): each seed's difference, as its chain
+    recorded it, or `derived` again from the chain's per-item rows (`Instrument.derive`)."""
+    from selfreward.config.loading import from_dict
+
+    found: dict[str, dict[tuple[str, str, str], dict[int, Difference]]] = {}
+    for seed, folder in seed_folders(run_dir).items():
+        if not folder.manifest.is_file():  # a seed not run: `missing_seeds` names it
+            continue
+        cfg = from_dict(read_json(folder.manifest)["config"], str(folder.manifest)) if derived else None
+        for instrument in evaluation.registered():
+            if not instrument.done(folder):
+                continue
+            for d in instrument.derive(cfg, folder) if derived else instrument.differences(folder):
+                found.setdefault(instrument.title, {}).setdefault((d.metric, d.before, d.after), {})[seed] = d
+    return found
+
+
+def pooled_differences(run_dir, derived: bool = False) -> dict[str, list[Difference]]:
+    """Per instrument title, each difference pooled over the seeds (the first seed's difference with the pooled
+    estimate); a seed without it named in its `note`; blind where any seed's judge is blind."""
+    seeds = list(seed_folders(run_dir))
+    result = {}
+    for title, differences in by_seed(run_dir, derived).items():
+        rows = []
+        for per_seed in differences.values():
+            first = next(iter(per_seed.values()))
+            lacking = [s for s in seeds if s not in per_seed]
+            blind = "; ".join(f"seed {s}: {d.blind}" for s, d in per_seed.items() if d.blind) if len(seeds) > 1 \
+                else first.blind
+            note = (f"{len(per_seed)} of {len(seeds)} seeds" + (f" (missing: seed {', '.join(map(str, lacking))})"
+                                                                 if lacking else "")) if len(seeds) > 1 else None
+            rows.append(dataclasses.replace(first, estimate=pooled([d.estimate for d in per_seed.values()]),
+                                            blind=blind or None, note=note))
+        result[title] = rows
+    return result
