@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import tempfile
 import time
 
 from selfreward import models
+from selfreward.evaluation import verifiable
 from selfreward.config import (CandidatesConfig, DataConfig, DPOConfig, EvaluationConfig, GenerationConfig,
                                JudgeConfig, ModelConfig, TrainConfig)
 from selfreward.evaluation.instruments.human_preference import reply_logprobs
@@ -50,6 +52,14 @@ class Profile:
         self.seed = 0
 
 
+def ifeval_answers(backend, chat, items: list[dict], max_new_tokens: int) -> list[dict]:
+    """IFEval prompts answered greedily and checked, as the instrument does (`instruments.ifeval`)."""
+    outputs = backend.generate([chat.prompt(i["prompt"]) for i in items], n=1, temperature=0,
+                               max_new_tokens=max_new_tokens, seed=0, desc="IFEval")
+    return [{"finished": c.finished, "num_tokens": c.num_tokens, **verifiable.check(i, c.text)}
+            for i, (c,) in zip(items, outputs, strict=True)]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="auto")
@@ -65,6 +75,8 @@ def main(argv=None) -> int:
                         help="validation prompts judged as a reward model (0: all 186, as the study reads them)")
     parser.add_argument("--rm-train-prompts", type=int, default=100,
                         help="held-out training prompts judged as a reward model (data.rm_train_size adds these)")
+    parser.add_argument("--ifeval-prompts", type=int, default=32, help="IFEval prompts answered (a seeded sample)")
+    parser.add_argument("--ifeval-tokens", type=int, default=512, help="evaluation.ifeval_max_new_tokens")
     parser.add_argument("--out", default="benchmarks/stage_costs.json")
     args = parser.parse_args(argv)
     cfg, timer, base = Profile(args), Timer(), models.resolve(models.EMBEDDED_GEMMA)
@@ -117,6 +129,10 @@ def main(argv=None) -> int:
         exchanges = [(a["turns"][:turn + 1], a["answers"][:turn + 1]) for a in written for turn in (0, 1)]
         _, rating = timed(judging.ratings, exchanges)
         timer("MT-Bench question (2 answers + 2 ratings)", len(questions), seconds + rating)
+        items = sorted(random.Random(0).sample(data.load_ifeval(d), args.ifeval_prompts), key=lambda r: r["key"])
+        checked, seconds = timed(ifeval_answers, backend, chat, items, args.ifeval_tokens)
+        timer(f"IFEval answer ({args.ifeval_tokens} tokens at most, greedy) and its check", len(items), seconds,
+              finished=sum(r["finished"] for r in checked), tokens=sum(r["num_tokens"] for r in checked))
     hardware = models.hardware("cpu")
     result = {"hardware": {**hardware, "dtype": models.resolve_dtype(args.dtype, "cpu")}, "args": vars(args),
               "units": timer.results}
