@@ -183,14 +183,15 @@ def test_length_features_use_the_centred_deviation_and_one_sided_lengths_are_sai
     # every answer 100 characters longer, give or take 10: the scale is the centred standard deviation (10, as
     # AlpacaEval's GLM), not the root mean square of the differences (about 100)
     answers, references = ["x" * (100 + d) for d in (-10, 0, 10)], ["", "", ""]
-    features = reference.length_features(answers, references)
+    features = reference.length_features([len(a) for a in answers], [len(r) for r in references])
     assert features == pytest.approx([math.tanh(x / 10) for x in (90, 100, 110)])
     assert reference.one_sided(["ab"] * 8 + ["abcdef"] * 2, ["abcd"] * 10).startswith("8 of 10 answers are shorter")
     assert reference.one_sided(["ab"] * 5 + ["abcdef"] * 5, ["abcd"] * 10) is None
 
 
 def test_length_controlled_win_rate_reads_the_fit_at_zero_length_difference():
-    features = reference.length_features(["a long answer", "short", "x"], ["ref", "a much longer reference", "yy"])
+    features = reference.length_features([len(t) for t in ("a long answer", "short", "x")],
+                                         [len(t) for t in ("ref", "a much longer reference", "yy")])
     assert features[0] > 0 > features[1] and features[2] < 0
     # wins only where the model is longer: the length effect explains them, P(win | same length) near 1/2
     items = [(1.0, 0.8)] * 20 + [(0.0, -0.8)] * 20

@@ -73,11 +73,16 @@ def by_seed(run_dir, derived: bool = False) -> dict[str, dict[tuple[str, str, st
 
 
 def pooled_differences(run_dir, derived: bool = False) -> dict[str, list[Difference]]:
-    """Per instrument title, each difference pooled over the seeds (the first seed's difference with the pooled
+    """Per instrument title, each difference pooled over the run's seeds (`pool` of `by_seed`)."""
+    return pool(by_seed(run_dir, derived), list(seed_folders(run_dir)))
+
+
+def pool(per_seed_differences: dict[str, dict[tuple[str, str, str], dict[int, Difference]]],
+         seeds: list[int]) -> dict[str, list[Difference]]:
+    """Per instrument title, each difference pooled over `seeds` (the first seed's difference with the pooled
     estimate); a seed without it named in its `note`; blind where any seed's judge is blind."""
-    seeds = list(seed_folders(run_dir))
     result = {}
-    for title, differences in by_seed(run_dir, derived).items():
+    for title, differences in per_seed_differences.items():
         rows = []
         for per_seed in differences.values():
             first = next(iter(per_seed.values()))

@@ -85,9 +85,10 @@ def _shown(d) -> str:
     return d.estimate.format(d.scale, 3, mde=True) + (f" (judge uninformative: {d.blind})" if d.blind else "")
 
 
-def mismatches(root) -> list[str]:
-    """Every difference whose recomputed estimate differs from the recorded one (value, interval or MDE)."""
-    recorded, derived = pooling.by_seed(root), pooling.by_seed(root, derived=True)
+def mismatches(root, derived: dict) -> list[str]:
+    """Every difference recomputed from the rows (`derived`: `pooling.by_seed(root, derived=True)`) whose estimate
+    differs from the recorded one (value, interval or MDE) or whose judge health reads otherwise."""
+    recorded = pooling.by_seed(root)
     found = []
     for title in sorted(set(recorded) | set(derived)):
         for key in sorted(set(recorded.get(title, {})) | set(derived.get(title, {}))):
@@ -105,8 +106,8 @@ def recompute(path) -> tuple[pd.DataFrame, list[str], Path]:
     """The findings table recomputed from the rows at `path`, what does not match the record, and the rows' folder."""
     root = rows_root(path)
     try:
-        derived = pooling.pooled_differences(root, derived=True)
-        return findings.table(derived), mismatches(root), root
+        derived = pooling.by_seed(root, derived=True)  # each instrument derived once, for the table and the check
+        return findings.table(pooling.pool(derived, list(pooling.seed_folders(root)))), mismatches(root, derived), root
     except KeyError as err:
         raise FindingsError(f"{root}: rows without the field {err} (written by an older selfreward: re-run the "
                             "run's evaluation stages)") from None

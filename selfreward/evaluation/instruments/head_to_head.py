@@ -65,7 +65,7 @@ class HeadToHead(Instrument):
         comparisons = {key: summarise(rows, e.bootstrap_samples, cfg.seed) for key, rows in records.items()}
         for key, rows in records.items():
             write_jsonl(self.records_file(run, key), rows)
-        differences = self.derive(cfg, run)
+        differences = self.differences_of(comparisons)
         write_json(self.file(run), {"judge": judge_name, "prompts": len(instructions), "comparisons": comparisons,
                                     "differences": [d.to_dict() for d in differences],
                                     "health": {k: c["health"] for k, c in comparisons.items()}})
@@ -76,11 +76,19 @@ class HeadToHead(Instrument):
         return self.folder(run) / f"{key.replace(' ', '_')}.jsonl"
 
     def derive(self, cfg, run):
+        e = cfg.evaluation
+        return self.differences_of({f"{x} vs {y}": summarise(read_jsonl(self.records_file(run, f"{x} vs {y}")),
+                                                             e.bootstrap_samples, cfg.seed)
+                                    for x, y in COMPARISONS if exists(self.records_file(run, f"{x} vs {y}"))})
+
+    @staticmethod
+    def differences_of(comparisons: dict[str, dict]) -> list[Difference]:
+        """Each comparison's net wins as a paired difference (`summarise`'s summaries, keyed "X vs Y")."""
         differences = []
         for x, y in COMPARISONS:
-            if not exists(self.records_file(run, f"{x} vs {y}")):
+            c = comparisons.get(f"{x} vs {y}")
+            if c is None:
                 continue
-            c = summarise(read_jsonl(self.records_file(run, f"{x} vs {y}")), cfg.evaluation.bootstrap_samples, cfg.seed)
             verdicts = health.Health.from_dict(c["health"])
             differences.append(Difference("net wins (wins − losses) / n", y, x, Estimate.from_dict(c["net_wins"]),
                                           claim=CLAIMS.get((x, y)), blind=None if verdicts.informative

@@ -39,13 +39,18 @@ def question_scores(rows: list[dict]) -> list[float | None]:
 def scores(rows: list[dict], samples: int, seed: int) -> dict:
     """Per-category, per-turn and overall scores (overall with an interval over questions) and the judge's health."""
     categories = sorted({a["category"] for a in rows})
-    ratings = [r["rating"] for row in rows for r in row["ratings"]]
     return {"overall": (mean(question_scores(rows), samples, seed) or Estimate(None)).to_dict(),
             "turn_1": mean_of([row["ratings"][0]["rating"] for row in rows]),
             "turn_2": mean_of([row["ratings"][1]["rating"] for row in rows]),
             "categories": {c: mean_of([r["rating"] for row in rows if row["category"] == c for r in row["ratings"]])
                            for c in categories},
-            "health": health.scores(ratings, MT_BENCH_RATING.low, MT_BENCH_RATING.high).to_dict()}
+            "health": rating_health(rows).to_dict()}
+
+
+def rating_health(rows: list[dict]) -> health.Health:
+    """The evaluation judge's health on one model's rated answers (both turns)."""
+    return health.scores([r["rating"] for row in rows for r in row["ratings"]], MT_BENCH_RATING.low,
+                         MT_BENCH_RATING.high)
 
 
 @register
@@ -84,7 +89,7 @@ class MTBench(Instrument):
                     a["ratings"] = [ratings[2 * i], ratings[2 * i + 1]]
                 write_jsonl(self.folder(run) / f"{name}.jsonl", rows)
                 models[name] = scores(rows, e.bootstrap_samples, cfg.seed)
-        differences = self.derive(cfg, run)
+        differences = self.differences_of(cfg, written, {n: health.Health.from_dict(m["health"]) for n, m in models.items()})
         write_json(self.file(run), {"judge": judge_name, "questions": len(questions), "models": models,
                                     "differences": [d.to_dict() for d in differences],
                                     "health": {n: m["health"] for n, m in models.items()}})
@@ -93,11 +98,13 @@ class MTBench(Instrument):
                    for n, m in models.items()}}
 
     def derive(self, cfg, run):
-        e = cfg.evaluation
         written = {n: read_jsonl(self.folder(run) / f"{n}.jsonl") for n in self.models(cfg)
                    if exists(self.folder(run) / f"{n}.jsonl")}
-        healths = {n: health.scores([r["rating"] for row in rows for r in row["ratings"]], MT_BENCH_RATING.low,
-                                    MT_BENCH_RATING.high) for n, rows in written.items()}
+        return self.differences_of(cfg, written, {n: rating_health(rows) for n, rows in written.items()})
+
+    def differences_of(self, cfg, written: dict[str, list[dict]], healths: dict[str, health.Health]) -> list[Difference]:
+        """Each model's MT-Bench score against the next's, on the same questions."""
+        e = cfg.evaluation
         differences = []
         for before, after in model_steps(list(written)):
             blind = "; ".join(f"{m}: {healths[m].why_not}" for m in (before, after) if not healths[m].informative) or None

@@ -18,13 +18,9 @@ from selfreward.io import exists, read_jsonl, write_json, write_jsonl
 from selfreward.method import evaluation_judge
 
 
-def length_features(answers: list[str], references: list[str]) -> list[float]:
+def length_features(answer_chars: list[int], reference_chars: list[int]) -> list[float]:
     """tanh of the length difference (characters) over its standard deviation, centred (AlpacaEval's minimal
     length-controlled GLM: `np.tanh(delta / delta.std())`)."""
-    return features_of([len(a) for a in answers], [len(r) for r in references])
-
-
-def features_of(answer_chars: list[int], reference_chars: list[int]) -> list[float]:
     diffs = np.array([a - r for a, r in zip(answer_chars, reference_chars, strict=True)], dtype=float)
     sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
     return [float(np.tanh(d / sd)) if sd else 0.0 for d in diffs]
@@ -97,13 +93,14 @@ class Reference(Instrument):
         with evaluation_judge.evaluation_judge(cfg, run) as (judge, judge_name):
             records = evaluation_judge.both_orders(judge, instructions, {**texts, "reference": references},
                                          [(n, "reference") for n in names])
-        models = {}
+        models, written, healths = {}, {}, {}
         for name in names:
             rows = [{**r, "answer_chars": len(a), "reference_chars": len(ref)}  # what the length control reads
                     for r, a, ref in zip(records[f"{name} vs reference"], texts[name], references, strict=True)]
             write_jsonl(self.folder(run) / f"{name}.jsonl", rows)
             estimates = bootstrap_many(self.items(rows), _statistics, e.bootstrap_samples, cfg.seed)
-            verdicts = health.of_comparisons(rows)
+            written[name], healths[name] = rows, health.of_comparisons(rows)
+            verdicts = healths[name]
             longer = [evaluation_judge.POINTS[r["outcome"]] for r, a, ref in zip(rows, texts[name], references, strict=True) if len(a) > len(ref)]
             models[name] = {"win_rate": estimates["win_rate"].to_dict(),
                             "length_controlled": estimates["length_controlled"].to_dict(),
@@ -112,7 +109,7 @@ class Reference(Instrument):
                             "win_rate_where_longer": sum(longer) / len(longer) if longer else None,
                             "length_warning": one_sided(texts[name], references),
                             "health": verdicts.to_dict()}
-        differences = self.derive(cfg, run)
+        differences = self.differences_of(cfg, written, healths)
         write_json(self.file(run), {
             "judge": judge_name, "prompts": len(prompts), "reference_generator": prompts[0].get("reference_generator"),
             "reference_mean_chars": sum(map(len, references)) / len(references), "models": models,
@@ -125,13 +122,17 @@ class Reference(Instrument):
     def items(rows: list[dict]) -> list[tuple[float, float]]:
         """(outcome points, length feature) per prompt, from the comparison records."""
         return list(zip([evaluation_judge.POINTS[r["outcome"]] for r in rows],
-                        features_of([r["answer_chars"] for r in rows], [r["reference_chars"] for r in rows]), strict=True))
+                        length_features([r["answer_chars"] for r in rows], [r["reference_chars"] for r in rows]),
+                        strict=True))
 
     def derive(self, cfg, run):
-        e = cfg.evaluation
         rows = {n: read_jsonl(self.folder(run) / f"{n}.jsonl") for n in self.models(cfg)
                 if exists(self.folder(run) / f"{n}.jsonl")}
-        healths = {n: health.of_comparisons(r) for n, r in rows.items()}
+        return self.differences_of(cfg, rows, {n: health.of_comparisons(r) for n, r in rows.items()})
+
+    def differences_of(self, cfg, rows: dict[str, list[dict]], healths: dict[str, health.Health]) -> list[Difference]:
+        """Each model's win rates against the next's, from their comparison records and their judge's health."""
+        e = cfg.evaluation
         differences = []
         for before, after in model_steps(list(rows)):
             blind = [f"{m}: {healths[m].why_not}" for m in (before, after) if not healths[m].informative]
