@@ -552,6 +552,9 @@ def test_seeds_train_one_chain_per_seed_and_pool_them(tiny_run, tmp_path):
     assert recorded["stages"]["data"]["reused_from"] == "../.."  # what does not depend on the seed is shared
     assert recorded["stages"]["ifeval"]["status"] == "done"
     assert recorded["stages"]["head_to_head"]["status"] != "done"  # not asked for
+    # M0 (the same in every chain) answers IFEval in the first seed's chain only
+    assert (out / "tiny" / "eval" / "ifeval" / "base.jsonl").is_file()
+    assert not (seed_run / "eval" / "ifeval" / "base.jsonl").exists()
     from selfreward.evaluation import pooling
 
     pooled = pooling.pooled_differences(out / "tiny")

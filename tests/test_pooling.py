@@ -83,6 +83,8 @@ def test_a_seed_config_keeps_the_runs_items_and_changes_its_chain():
     assert cfg.seed == 3 and cfg.chain_seeds == [3, 4] and cfg.item_seed == 3
     other = cfg.for_seed(4)
     assert (other.seed, other.item_seed, other.name, other.seeds) == (4, 3, "seed_4", None)
+    # M0's IFEval answers and the ablation's variants: the first seed's chain only
+    assert cfg.evaluation.ifeval_floor and not other.evaluation.ifeval_floor and other.ablation.variants == {}
     from selfreward.run.pipeline import seed_overrides
 
     rebuilt = load_config(REPO / "params" / "tiny.yaml", seed_overrides(cfg, ["seeds=[3,4]"], 4))

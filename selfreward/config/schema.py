@@ -302,6 +302,9 @@ class EvaluationConfig:
     ifeval_prompts: int = field(default=0, metadata=WHEN_SET)
     ifeval_max_new_tokens: int = field(default=512, metadata=WHEN_SET)
     ifeval_temperature: float = field(default=0.0, metadata=WHEN_SET)
+    # M0 answers too, as the floor; a run with several seeds has it answer in the first seed's chain only (M0's
+    # greedy answers are the same in every chain)
+    ifeval_floor: bool = field(default=True, metadata=WHEN_SET)
 
     def validate(self, key):
         _positive(self, key, "max_new_tokens", "rm_samples", "bootstrap_samples")
@@ -441,9 +444,16 @@ class Config:
         """The seed of what every chain of a run shares: the data split and the evaluation items."""
         return self.split_seed if self.split_seed is not None else self.chain_seeds[0]
 
+    # what a later seed's chain leaves to the first seed's: M0's IFEval answers (the same in every chain) and
+    # the ablation's variants (one chain's ablation: the seeds replicate the recipe, not each fix)
+    FIRST_SEED_ONLY = {"evaluation.ifeval_floor": False, "ablation.variants": {}}
+
     def for_seed(self, seed: int) -> "Config":
-        """The config of one seed's chain in a run with several: its own seed, the run's items."""
-        return dataclasses.replace(self, name=f"seed_{seed}", seed=seed, seeds=None, split_seed=self.item_seed)
+        """The config of one seed's chain in a run with several: its own seed, the run's items, and without
+        what only the first seed's chain measures (`FIRST_SEED_ONLY`)."""
+        return dataclasses.replace(self, name=f"seed_{seed}", seed=seed, seeds=None, split_seed=self.item_seed,
+                                   evaluation=dataclasses.replace(self.evaluation, ifeval_floor=False),
+                                   ablation=dataclasses.replace(self.ablation, variants={}))
 
     def ablation_variants(self) -> list[tuple[str, "AIFTConfig", int]]:
         """The ablation's variants: (name, its aift section, the iteration t it starts from, from M_t)."""

@@ -94,7 +94,7 @@ class IFEval(Instrument):
         return cfg.evaluation.enabled and cfg.evaluation.ifeval_prompts != -1
 
     def models(self, cfg):
-        return ["base"] + model_sequence(cfg.iterations)
+        return ["base"] * cfg.evaluation.ifeval_floor + model_sequence(cfg.iterations)
 
     def inputs(self, cfg):
         return data.ifeval_identity(cfg.data)
