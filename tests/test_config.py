@@ -165,8 +165,9 @@ def test_a_profile_extends_another_and_holds_only_its_own_lines(tmp_path):
     cfg = load_config(tmp_path / "child.yaml")
     assert (cfg.name, cfg.sft.learning_rate, cfg.sft.epochs) == ("base", 1e-4, 3)
     study, ablation = (load_config(REPO / "params" / f"{n}.yaml").to_dict() for n in ("cpu-study", "cpu-ablation"))
-    assert {k: v for k, v in ablation.items() if k not in ("name", "ablation")} == \
-        {k: v for k, v in study.items() if k not in ("name", "ablation")}
+    assert {k: v for k, v in ablation.items() if k not in ("name", "ablation", "seeds")} == \
+        {k: v for k, v in study.items() if k not in ("name", "ablation", "seeds")}
+    assert ablation["seeds"] == study["seeds"][:1]  # the ablation trains in the study's first seed's chain
     assert len((REPO / "params" / "cpu-ablation.yaml").read_text().splitlines()) < 40
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
