@@ -96,6 +96,26 @@ def test_a_seed_config_keeps_the_runs_items_and_changes_its_chain():
     assert mine["data"] == theirs["data"] and mine["sft_baseline"] != theirs["sft_baseline"]
 
 
+def test_answers_in_the_first_seed_only_leave_the_later_chains_without_them():
+    """`evaluation.answers: first_seed`: the evaluation prompts are answered and read (head to head, lengths, ...)
+    in the first seed's chain only; the option decides which stages exist, so the first chain's stages keep
+    their fingerprints."""
+    from selfreward.run import manifest
+    from selfreward.run.pipeline import seed_overrides
+    from selfreward.run.stages import plan
+
+    cfg = load_config(REPO / "params" / "tiny.yaml", ["seeds=[3,4]"])
+    first = load_config(REPO / "params" / "tiny.yaml", ["seeds=[3,4]", "evaluation.answers=first_seed"])
+    assert manifest.fingerprints(cfg, plan(cfg)) == manifest.fingerprints(first, plan(first))
+    other = first.for_seed(4)
+    assert other.evaluation.answers == "off"
+    assert load_config(REPO / "params" / "tiny.yaml", seed_overrides(first, ["seeds=[3,4]"], 4)) == other
+    names = {s.name for s in plan(other)}
+    assert {"responses", "head_to_head", "lengths"} <= {s.name for s in plan(first)}
+    assert not names & {"responses", "head_to_head", "reference", "lengths", "mt_bench"}
+    assert {"ifeval", "reward_model", "human_preference"} <= names
+
+
 @pytest.mark.parametrize("seeds,message", [("[]", "seeds: is empty"), ("[1,1]", "seeds: seed 1 is listed twice"),
                                            ("[1,x]", "seeds: expected a list of integers")])
 def test_bad_seeds_are_one_line(seeds, message):

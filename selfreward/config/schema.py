@@ -20,6 +20,7 @@ from typing import Literal, Optional
 
 
 WHEN_SET = {"fingerprint": "when set"}  # field metadata: an option fingerprinted only when set (see _plain)
+PLAN_ONLY = {"fingerprint": "never"}  # an option that decides which stages a run has, not what a stage computes
 
 
 class ConfigError(ValueError):
@@ -305,6 +306,10 @@ class EvaluationConfig:
     # M0 answers too, as the floor; a run with several seeds has it answer in the first seed's chain only (M0's
     # greedy answers are the same in every chain)
     ifeval_floor: bool = field(default=True, metadata=WHEN_SET)
+    # the evaluation prompts answered and read (responses, head to head, the reference comparison, lengths,
+    # MT-Bench) in every seed's chain, in the first seed's only (where their judge is known to be blind: the
+    # book needs one chain to show it), or not at all
+    answers: Literal["every_seed", "first_seed", "off"] = field(default="every_seed", metadata=PLAN_ONLY)
 
     def validate(self, key):
         _positive(self, key, "max_new_tokens", "rm_samples", "bootstrap_samples")
@@ -444,15 +449,20 @@ class Config:
         """The seed of what every chain of a run shares: the data split and the evaluation items."""
         return self.split_seed if self.split_seed is not None else self.chain_seeds[0]
 
-    # what a later seed's chain leaves to the first seed's: M0's IFEval answers (the same in every chain) and
-    # the ablation's variants (one chain's ablation: the seeds replicate the recipe, not each fix)
-    FIRST_SEED_ONLY = {"evaluation.ifeval_floor": False, "ablation.variants": {}}
+    def first_seed_only(self) -> dict:
+        """What a later seed's chain leaves to the first seed's, as overrides: M0's IFEval answers (the same in
+        every chain), the ablation's variants (one chain's ablation: the seeds replicate the recipe, not each
+        fix), and with `evaluation.answers: first_seed` the evaluation prompts' answers and their readings."""
+        return {"evaluation.ifeval_floor": False, "ablation.variants": {},
+                **({"evaluation.answers": "off"} if self.evaluation.answers == "first_seed" else {})}
 
     def for_seed(self, seed: int) -> "Config":
         """The config of one seed's chain in a run with several: its own seed, the run's items, and without
-        what only the first seed's chain measures (`FIRST_SEED_ONLY`)."""
+        what only the first seed's chain measures (`first_seed_only`)."""
+        answers = "off" if self.evaluation.answers == "first_seed" else self.evaluation.answers
         return dataclasses.replace(self, name=f"seed_{seed}", seed=seed, seeds=None, split_seed=self.item_seed,
-                                   evaluation=dataclasses.replace(self.evaluation, ifeval_floor=False),
+                                   evaluation=dataclasses.replace(self.evaluation, ifeval_floor=False,
+                                                                  answers=answers),
                                    ablation=dataclasses.replace(self.ablation, variants={}))
 
     def ablation_variants(self) -> list[tuple[str, "AIFTConfig", int]]:
@@ -549,12 +559,13 @@ def plain_section(value):
 def _plain(value):
     """A section as plain values for its fingerprint. An option added after runs exist (metadata WHEN_SET)
     counts only when it differs from its default, so that adding one (at the paper's behaviour) keeps the
-    stages of every earlier run."""
+    stages of every earlier run; an option that only decides which stages exist (PLAN_ONLY) never counts."""
     if not dataclasses.is_dataclass(value):
         return value
     plain = plain_section(value)
     for f in dataclasses.fields(value):
-        if f.metadata.get("fingerprint") == "when set" and getattr(value, f.name) == f.default:
+        if f.metadata.get("fingerprint") == "never" or \
+                (f.metadata.get("fingerprint") == "when set" and getattr(value, f.name) == f.default):
             del plain[f.name]
     return plain
 

@@ -84,7 +84,8 @@ class Instrument:
     quality: bool = False  # its paired differences measure quality: higher is better (the ablation's verdict)
 
     def enabled(self, cfg: Config) -> bool:
-        return cfg.evaluation.enabled
+        """On when the run evaluates, and for one that reads the evaluation prompts' answers, when it answers them."""
+        return cfg.evaluation.enabled and (cfg.evaluation.answers != "off" or not self.uses_responses)
 
     def models(self, cfg: Config) -> list[str]:
         return model_sequence(cfg.iterations)

@@ -143,7 +143,7 @@ def seed_overrides(cfg: Config, overrides: list[str] | dict | None, seed: int) -
     """The overrides that make the params file's config that of one seed's chain (`Config.for_seed`), so that its
     stage notebooks rebuild it."""
     return {**override_mapping(overrides or []), "name": f"seed_{seed}", "seed": seed, "seeds": None,
-            "split_seed": cfg.item_seed, **Config.FIRST_SEED_ONLY}
+            "split_seed": cfg.item_seed, **cfg.first_seed_only()}
 
 
 def run(cfg: Config, out_root: str | Path = "runs", params_file: str = "", overrides: list[str] | dict | None = None,

@@ -66,8 +66,9 @@ class MTBench(Instrument):
     order = 50
 
     def enabled(self, cfg):
-        """With questions to ask and a generative judge: a reward model rates nothing on MT-Bench's scale."""
-        return cfg.evaluation.enabled and cfg.evaluation.mt_bench_questions > 0 \
+        """With questions to ask, answers asked for (`evaluation.answers`) and a generative judge: a reward model
+        rates nothing on MT-Bench's scale."""
+        return cfg.evaluation.enabled and cfg.evaluation.answers != "off" and cfg.evaluation.mt_bench_questions > 0 \
             and not evaluation_judge.is_reward_model(cfg.evaluation.judge_model)
 
     def run(self, cfg, run) -> dict:

@@ -82,7 +82,7 @@ class Reference(Instrument):
     order = 20
 
     def enabled(self, cfg):
-        return cfg.evaluation.enabled and cfg.evaluation.reference
+        return super().enabled(cfg) and cfg.evaluation.reference
 
     def run(self, cfg, run) -> dict:
         e = cfg.evaluation
