@@ -47,15 +47,16 @@ def lengths_result(root, values: dict[tuple[str, str], float]):
                                                  "differences": differences})
 
 
-def fake_run(tmp_path, seeds, present):
-    cfg = load_config(REPO / "params" / "tiny.yaml", [f"seeds={seeds}"])
+def fake_run(tmp_path, seeds, present, overrides=(), ran=()):
+    """A run folder whose seeds in `present` have a lengths result, and those in `ran` a chain without one."""
+    cfg = load_config(REPO / "params" / "tiny.yaml", [f"seeds={seeds}", *overrides])
     root = tmp_path / "run"
     write_json(root / "manifest.json", {"config": cfg.to_dict(), "stages": {}})
     for i, seed in enumerate(seeds):
+        folder = root if i == 0 else root / "seeds" / f"seed_{seed}"
+        if i and (seed in present or seed in ran):
+            write_json(folder / "manifest.json", {"config": cfg.for_seed(seed).to_dict(), "stages": {}})
         if seed in present:
-            folder = root if i == 0 else root / "seeds" / f"seed_{seed}"
-            if i:
-                write_json(folder / "manifest.json", {"config": cfg.for_seed(seed).to_dict(), "stages": {}})
             lengths_result(folder, {("m1", "m2"): present[seed]})
     return root
 
@@ -76,6 +77,10 @@ def test_seeds_are_pooled_and_a_missing_seed_is_named(tmp_path):
     (figure,) = report.forest_plots(gap)  # one panel: seed 0, seed 2, pooled
     (panel, *_) = figure.axes
     assert [t.get_text() for t in panel.get_yticklabels()] == ["seed 0", "seed 2", "pooled"]
+    # lengths read the evaluation prompts' answers, which this run gives in the first seed's chain only
+    first = fake_run(tmp_path / "first", [0, 1, 2], {0: 0.05}, ["evaluation.answers=first_seed"], ran=[1, 2])
+    (pooled,) = pooling.pooled_differences(first)["Reply lengths"]
+    assert pooled.note == "1 of 3 seeds; the other seeds' chains do not run it" and pooled.estimate.df is None
 
 
 def test_a_seed_config_keeps_the_runs_items_and_changes_its_chain():

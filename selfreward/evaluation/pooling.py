@@ -54,6 +54,21 @@ def missing_seeds(run_dir) -> list[int]:
             if not any(i.done(folder) for i in evaluation.registered())]
 
 
+def measuring_seeds(run_dir) -> dict[str, list[int]]:
+    """Per instrument title, the seeds whose chain's config runs it (a run may leave some instruments to its
+    first seed's chain: `Config.first_seed_only`); a seed not run yet counts for every instrument."""
+    from selfreward.config.loading import from_dict
+
+    found: dict[str, list[int]] = {}
+    for seed, folder in seed_folders(run_dir).items():
+        cfg = from_dict(read_json(folder.manifest)["config"], str(folder.manifest)) \
+            if folder.manifest.is_file() else None
+        for instrument in evaluation.registered():
+            if cfg is None or instrument.enabled(cfg):
+                found.setdefault(instrument.title, []).append(seed)
+    return found
+
+
 def by_seed(run_dir, derived: bool = False) -> dict[str, dict[tuple[str, str, str], dict[int, Difference]]]:
     """Per instrument title, per difference (metric, before, after): each seed's difference, as its chain
     recorded it, or `derived` again from the chain's per-item rows (`Instrument.derive`)."""
@@ -74,23 +89,27 @@ def by_seed(run_dir, derived: bool = False) -> dict[str, dict[tuple[str, str, st
 
 def pooled_differences(run_dir, derived: bool = False) -> dict[str, list[Difference]]:
     """Per instrument title, each difference pooled over the run's seeds (`pool` of `by_seed`)."""
-    return pool(by_seed(run_dir, derived), list(seed_folders(run_dir)))
+    return pool(by_seed(run_dir, derived), list(seed_folders(run_dir)), measuring_seeds(run_dir))
 
 
 def pool(per_seed_differences: dict[str, dict[tuple[str, str, str], dict[int, Difference]]],
-         seeds: list[int]) -> dict[str, list[Difference]]:
+         seeds: list[int], measuring: dict[str, list[int]] | None = None) -> dict[str, list[Difference]]:
     """Per instrument title, each difference pooled over `seeds` (the first seed's difference with the pooled
-    estimate); a seed without it named in its `note`; blind where any seed's judge is blind."""
+    estimate); a seed without it named in its `note`, and a seed whose chain does not run the instrument
+    (`measuring`, per title) said so; blind where any seed's judge is blind."""
     result = {}
     for title, differences in per_seed_differences.items():
         rows = []
+        expected = [s for s in seeds if measuring is None or s in measuring.get(title, seeds)]
         for per_seed in differences.values():
             first = next(iter(per_seed.values()))
-            lacking = [s for s in seeds if s not in per_seed]
+            lacking = [s for s in expected if s not in per_seed]
             blind = "; ".join(f"seed {s}: {d.blind}" for s, d in per_seed.items() if d.blind) if len(seeds) > 1 \
                 else first.blind
-            note = (f"{len(per_seed)} of {len(seeds)} seeds" + (f" (missing: seed {', '.join(map(str, lacking))})"
-                                                                 if lacking else "")) if len(seeds) > 1 else None
+            note = (f"{len(per_seed)} of {len(seeds)} seeds"
+                    + (f" (missing: seed {', '.join(map(str, lacking))})" if lacking else "")
+                    + ("; the other seeds' chains do not run it" if len(expected) < len(seeds) else "")) \
+                if len(seeds) > 1 else None
             rows.append(dataclasses.replace(first, estimate=pooled([d.estimate for d in per_seed.values()]),
                                             blind=blind or None, note=note))
         result[title] = rows

@@ -107,7 +107,8 @@ def recompute(path) -> tuple[pd.DataFrame, list[str], Path]:
     root = rows_root(path)
     try:
         derived = pooling.by_seed(root, derived=True)  # each instrument derived once, for the table and the check
-        return findings.table(pooling.pool(derived, list(pooling.seed_folders(root)))), mismatches(root, derived), root
+        return findings.table(pooling.pool(derived, list(pooling.seed_folders(root)), pooling.measuring_seeds(root))), \
+            mismatches(root, derived), root
     except KeyError as err:
         raise FindingsError(f"{root}: rows without the field {err} (written by an older selfreward: re-run the "
                             "run's evaluation stages)") from None
