@@ -34,6 +34,14 @@ def test_a_consistent_planted_shift_is_found():
     assert findings.verdict(RISES, Difference("IFEval prompt-level strict", "m1", "m2", pooled)) == "holds"
 
 
+def test_seeds_that_agree_keep_the_interval_of_their_shared_items():
+    # the seeds read the same items: identical differences still carry the items' sampling, never a width of 0
+    pooled = pooling.pooled([seed_difference(0.02) for _ in range(3)])
+    assert pooled.value == pytest.approx(0.02) and pooled.low == pytest.approx(0.02 - 0.03, abs=1e-3)
+    assert findings.verdict(RISES, Difference("IFEval prompt-level strict", "m1", "m2", pooled)) == \
+        "not detectable at ±MDE"
+
+
 def test_one_seed_reduces_to_its_own_interval():
     only = seed_difference(0.02)
     assert pooling.pooled([only]) == only
@@ -64,7 +72,7 @@ def fake_run(tmp_path, seeds, present, overrides=(), ran=()):
 def test_seeds_are_pooled_and_a_missing_seed_is_named(tmp_path):
     root = fake_run(tmp_path, [0, 1, 2], {0: 0.05, 1: 0.06, 2: 0.04})
     (pooled,) = pooling.pooled_differences(root)["Reply lengths"]
-    assert pooled.estimate.value == pytest.approx(0.05) and pooled.estimate.df == 2 and pooled.note == "3 of 3 seeds"
+    assert pooled.estimate.value == pytest.approx(0.05) and pooled.estimate.df >= 2 and pooled.note == "3 of 3 seeds"
     assert set(pooling.by_seed(root)["Reply lengths"][("answers that finish", "m1", "m2")]) == {0, 1, 2}
 
     from selfreward.run import report

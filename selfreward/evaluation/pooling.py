@@ -4,12 +4,17 @@ pooled estimate per difference whose interval includes the variation between cha
 A run with `seeds: [s0, s1, ...]` trains its chain once per seed (training order, dropout, EFT judgments,
 prompts, candidates), with the data split and the evaluation items fixed: the run's folder holds the first
 seed's chain, seeds/seed_<s>/ the others (`run.pipeline.run`). Each seed's difference Δ_s already carries both
-sources of noise a re-run meets, the sampling of items and the training of the chain, so the pooled estimate
-is their mean with a t-interval over seeds: mean ± t(0.975, k−1) · sd(Δ_s)/√k. We chose it over a
+sources of noise a re-run meets, the sampling of items and the training of the chain, but the seeds share
+the evaluation items, so the items' sampling is common to every Δ_s and the spread between seeds does not
+hold it (three seeds that score the same 256 IFEval prompts alike would give an interval of width 0). The
+pooled estimate is their mean with variance sd(Δ_s)²/k (between chains) plus the mean of the seeds' own
+squared standard errors (the items: the variance of a mean of correlated estimates is at most the mean of
+their variances, equal when the seeds agree item by item), read with a t quantile at Satterthwaite's degrees
+of freedom (k−1 when the spread between chains dominates, normal when it vanishes). We chose it over a
 hierarchical bootstrap (seeds, then items within a seed) because with 3 to 5 seeds a bootstrap over seeds
 has only a handful of distinct resamples and its percentile interval is too narrow, while the t-interval is
-exact for normal Δ_s and honest about how few chains there are (its MDE uses the same t quantiles). One seed
-gives that seed's own interval back unchanged.
+honest about how few chains there are (its MDE uses the same t quantiles). One seed gives that seed's own
+interval back unchanged.
 
 A seed that is missing (its chain not run, or an instrument missing in it) is never pooled in silence: the
 pooled difference names it in its `note`, and `missing` lists the seeds without results.
@@ -21,23 +26,29 @@ import math
 from pathlib import Path
 
 from selfreward import evaluation
-from selfreward.evaluation.estimates import Estimate, mde_factor, quantile
+from selfreward.evaluation.estimates import Estimate, mde_factor, quantile, standard_error
 from selfreward.evaluation.instrument import Difference
 from selfreward.io import read_json
 from selfreward.rundir import RunDir
 
 
 def pooled(estimates: list[Estimate]) -> Estimate:
-    """The mean of per-seed differences with its t-interval over seeds (one seed: its own estimate)."""
+    """The mean of per-seed differences; its interval holds the spread between seeds and the shared items'
+    sampling (the module's docstring says why). One seed: its own estimate."""
     known = [e for e in estimates if e is not None and e.value is not None]
     if len(known) <= 1:
         return known[0] if known else Estimate(None)
     k = len(known)
     values = [e.value for e in known]
     mean = sum(values) / k
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1) / k)
-    half = quantile(0.975, k - 1) * se
-    return Estimate(mean, mean - half, mean + half, n=min(e.n for e in known), mde=mde_factor(k - 1) * se, df=k - 1)
+    between = sum((v - mean) ** 2 for v in values) / (k - 1) / k
+    errors = [se for se in (standard_error(e) for e in known) if se is not None]
+    items = sum(se ** 2 for se in errors) / len(errors) if errors else 0.0
+    se = math.sqrt(between + items)
+    df = None if between == 0 else max(k - 1, int((between + items) ** 2 / (between ** 2 / (k - 1))))
+    df = None if df is not None and df > 1000 else df
+    half = quantile(0.975, df) * se
+    return Estimate(mean, mean - half, mean + half, n=min(e.n for e in known), mde=mde_factor(df) * se, df=df)
 
 
 def seed_folders(run_dir) -> dict[int, RunDir]:

@@ -86,7 +86,8 @@ def seeds_line(run_dir) -> str:
         return (f"One chain (seed {seeds[0]}): the intervals cover the sampling of items, not the variation between "
                 "trained chains (`seeds: [0, 1, 2]` trains one chain per seed and pools them).")
     text = (f"**{len(seeds)} seeds** ({', '.join(map(str, seeds))}): each finding pools the seeds' paired differences "
-            "with a t-interval over seeds, which includes the variation between trained chains.")
+            "with a t-interval whose variance adds the spread between seeds (the variation between trained chains) "
+            "and the seeds' own item sampling (they share the items, so their spread alone does not hold it).")
     if missing:
         text += (f"\n\n**Missing from the pool:** seed {', '.join(map(str, missing))} (no evaluation results in its "
                  "chain's folder: run it, or the findings describe fewer chains than the params ask for).")
