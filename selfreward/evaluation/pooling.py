@@ -45,10 +45,18 @@ def pooled(estimates: list[Estimate]) -> Estimate:
     errors = [se for se in (standard_error(e) for e in known) if se is not None]
     items = sum(se ** 2 for se in errors) / len(errors) if errors else 0.0
     se = math.sqrt(between + items)
-    df = None if between == 0 else max(k - 1, int((between + items) ** 2 / (between ** 2 / (k - 1))))
-    df = None if df is not None and df > 1000 else df
+    df = satterthwaite_df(between, items, k)
     half = quantile(0.975, df) * se
     return Estimate(mean, mean - half, mean + half, n=min(e.n for e in known), mde=mde_factor(df) * se, df=df)
+
+
+def satterthwaite_df(between: float, items: float, k: int) -> int | None:
+    """Degrees of freedom of `between + items` when only `between` (from k seeds) is estimated with few df:
+    at least k−1; None (the normal quantile) when the spread between seeds vanishes or the df pass 1000."""
+    if between == 0:
+        return None
+    df = max(k - 1, int((between + items) ** 2 / (between ** 2 / (k - 1))))
+    return None if df > 1000 else df
 
 
 def seed_folders(run_dir) -> dict[int, RunDir]:
