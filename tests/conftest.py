@@ -89,6 +89,7 @@ def tiny_run(tmp_path_factory):
     """The whole tiny profile and its book, once per session; the checkout's git status before it."""
     root = tmp_path_factory.mktemp("pipeline")
     before = git_status()
-    result = run_cli(root / "runs", root / "cache")
+    # every model stage in a fresh kernel, as the embedded model's stages run (the tiny ones would share one)
+    result = run_cli(root / "runs", root / "cache", env={"SELFREWARD_FRESH_KERNEL_GB": "0"})
     assert result.returncode == 0, result.stderr[-3000:]
     return root, result, before

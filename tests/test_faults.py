@@ -95,6 +95,14 @@ def test_name_override_cannot_escape_the_output_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_fresh_kernel_threshold_that_is_not_a_number_is_bad_input(tmp_path):
+    result = cli("run", str(REPO / "params" / "tiny.yaml"), "--out", str(tmp_path / "runs"),
+                 env={"SELFREWARD_FRESH_KERNEL_GB": "lots"})
+    assert result.returncode == 2
+    assert last_line(result) == "selfreward: error: SELFREWARD_FRESH_KERNEL_GB='lots': not a number of GB"
+    assert not (tmp_path / "runs").exists()  # said before anything was written
+
+
 def test_params_file_that_is_not_utf8(tmp_path):
     params = tmp_path / "p.yaml"
     params.write_bytes(b"name: caf\xe9\n")

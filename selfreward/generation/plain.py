@@ -5,6 +5,7 @@ import torch
 from tqdm import tqdm  # text bars: papermill streams them to the log
 
 from selfreward import models
+from selfreward.memory import give_back_free_pages
 from selfreward.generation.contract import (Backend, Completion, Engine, budget_batches, normalised_options,
                                            register_engine)
 
@@ -45,6 +46,7 @@ class TransformersBackend(Backend):
                     self.tokens_generated += completion.num_tokens
                     slot = index[row // n]
                     results[slot] = (results[slot] or []) + [completion]
+                give_back_free_pages()  # the batch's transient tensors leave holes the next batch would stack on
                 bar.update(len(index))
         return results
 
@@ -81,6 +83,7 @@ class TransformersBackend(Backend):
                                 logits_to_keep=1).logits[:, -1]
             probs = logits.float().softmax(-1)
             results += [read_options(probs[row], option_ids) for row, (_, option_ids) in enumerate(chunk)]
+            give_back_free_pages()
         return results
 
     @torch.no_grad()
@@ -109,6 +112,7 @@ class TransformersBackend(Backend):
                     sums.index_add_(0, row_index, logps)
                 for r, i in enumerate(batch):
                     results[i] = (float(sums[r]), len(rows[i][0]) - max(rows[i][1], 1))
+                give_back_free_pages()
                 bar.update(len(batch))
         return results
 

@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset, load_from_disk
+from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from selfreward.method import launch as launcher
 from selfreward.method.lean import LeanDPOTrainer, LeanSFTTrainer
 from selfreward.io import atomic_dir, write_json
+from selfreward.memory import give_back_free_pages
 from selfreward.models import (DTYPES, chat_format_for, free_memory, load_model, load_tokenizer, pick_device,
                                resolve_dtype, save_model)
 
@@ -420,7 +422,17 @@ def _trainer(trainer_class, model, args, rows: list[dict], tokenizer, peft_confi
     # inside a papermill notebook the Trainer would draw an HTML widget nobody sees; log text instead
     if trainer.pop_callback(NotebookProgressCallback) is not None:
         trainer.add_callback(ProgressCallback)
+    trainer.add_callback(GiveBackFreePages())
     return trainer
+
+
+class GiveBackFreePages(TrainerCallback):
+    """After each optimizer step, the C allocator's free pages go back to the system: a step's transient
+    tensors leave holes in glibc's heap that it would otherwise keep, and the next step's peak stacks on them
+    (the quick tour's SFT: 3.5 GB peak resident without, 3.0 with, at the same step time)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        give_back_free_pages()
 
 
 def _finish(trainer, tokenizer, out_dir, num_examples: int, model_dir: str, model_cfg) -> dict:

@@ -172,12 +172,14 @@ def run_chain(cfg: Config, out_root: str | Path = "runs", params_file: str = "",
               verify: bool = False, reuse: str | Path | None = None, only: list[str] = (), log=print,
               params: dict | None = None, tweaks: dict | None = None) -> dict:
     """Run the stages of `cfg` into `out_root/<name>`: stages whose config, inputs, needs and outputs are
-    unchanged are skipped; the others run in one Jupyter kernel, in order. With `reuse` (another run's folder),
-    the stages that run has finished with the same fingerprints are taken from it first. With `only`, just those
-    stages and the ones they need run; the others stay as they were (and are marked stale where they no longer
-    follow). `params` is the profile as loaded (kept in the run folder, so that a stage notebook re-runs from it),
-    `tweaks` the notebook changes the run keeps. Returns the manifest."""
+    unchanged are skipped; the others run in order, in a Jupyter kernel (a fresh one after a heavy model stage:
+    `Kernels`). With `reuse` (another run's folder), the stages that run has finished with the same fingerprints
+    are taken from it first. With `only`, just those stages and the ones they need run; the others stay as they
+    were (and are marked stale where they no longer follow). `params` is the profile as loaded (kept in the run
+    folder, so that a stage notebook re-runs from it), `tweaks` the notebook changes the run keeps. Returns the
+    manifest."""
     run_dir = RunDir(Path(out_root) / cfg.name)
+    fresh_kernel_gb()  # a malformed threshold is said before any stage runs
     stages = plan(cfg)
     rerun = selected_stages(stages, force, start)
     wanted = needed_stages(stages, only) if only else {s.name for s in stages}
@@ -200,6 +202,7 @@ def dry_run(cfg: Config, out_root: str | Path = "runs", force: list[str] = (), s
     "not asked for": left as it is by --only). A stage after one that would run would run if that one's
     outputs change, and is listed so."""
     run_dir = RunDir(Path(out_root) / cfg.name)
+    fresh_kernel_gb()  # a malformed threshold is said before any stage runs
     stages = plan(cfg)
     rerun = selected_stages(stages, force, start)
     wanted = needed_stages(stages, only) if only else {s.name for s in stages}
@@ -292,6 +295,7 @@ def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[st
     write_text(run_dir.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_json(run_dir.manifest, record)
     ran: set[str] = set()
+    held = None  # the largest peak of a model stage in this kernel (GB resident); None: none ran in it
     try:
         for stage in stages:
             if stage.name not in wanted:  # not asked for (--only): left as it is
@@ -303,7 +307,12 @@ def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[st
             ran.add(stage.name)
             _warn_if_too_big(cfg, stage, log)
             log(f"[{stage.name}] running {stage.notebook} ({reason})")
+            if stage.loads_a_model and held is not None and held >= fresh_kernel_gb():
+                kernel.fresh()
+                held = None
             _execute(cfg, run_dir, stage, stages, prints[stage.name], record, kernel, log)
+            if stage.loads_a_model:
+                held = max(held or 0.0, record["stages"][stage.name].get("peak_memory", {}).get("rss_gb", 0.0))
     finally:  # what no longer follows from the run folder, however the run ended
         stale = manifest.mark_stale(record, stages, prints)
         record["counts"] = manifest.summary_counts(record)
@@ -322,7 +331,7 @@ def _execute(cfg: Config, run_dir: RunDir, stage: Stage, stages: list[Stage], fi
     entry = manifest.start(record, run_dir, cfg, stage, fingerprint, run_dir.relative(executed))
     scratch = executed.with_name(f".running.{executed.name}")
     try:
-        pm.execute_notebook(notebooks.source(stage, stages), str(scratch), kernel_name=KERNEL, km=kernel,
+        pm.execute_notebook(notebooks.source(stage, stages), str(scratch), kernel_name=KERNEL, km=kernel.manager,
                             parameters=notebooks.parameters(record["params_file"], record["overrides"], stage),
                             log_output=True, progress_bar=False)
     except KeyboardInterrupt:
@@ -395,36 +404,74 @@ def last_output_line(notebook: Path) -> str:
     return lines[-1][:160] if lines else ""
 
 
-@contextlib.contextmanager
-def _kernel(run_dir: RunDir):
-    """One Jupyter kernel for every stage of a run: each stage notebook would otherwise start its own and
-    import torch, transformers, peft and TRL again (about 10 s each on a CPU). The kernel knows it runs for this
-    pipeline (SELFREWARD_PIPELINE, so that a stage records nothing itself) and where the notebooks are
-    (SELFREWARD_NOTEBOOK_DIR: their run_dir is relative to them)."""
-    from jupyter_client.manager import AsyncKernelManager
-    from jupyter_core.utils import run_sync
+FRESH_KERNEL = "SELFREWARD_FRESH_KERNEL_GB"  # where a stage that loads a model gets a fresh kernel (GB resident)
 
-    ensure_kernel()
-    with tempfile.TemporaryDirectory(prefix="selfreward-kernel-") as sockets:
+
+def fresh_kernel_gb() -> float:
+    """A stage that loads a model runs in a fresh kernel when a model stage before it in the current kernel peaked
+    at this resident size or more (1.5 GB unless SELFREWARD_FRESH_KERNEL_GB says otherwise): the holes such a
+    stage leaves cost more than a kernel's imports (3-5 s); a small model's stages share one kernel."""
+    value = os.environ.get(FRESH_KERNEL, "1.5")
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{FRESH_KERNEL}={value!r}: not a number of GB") from None
+
+
+class Kernels:
+    """The Jupyter kernel the stages of a run execute in (`manager`). A stage that loads a model after a heavy
+    one gets a kernel of its own (`fresh_kernel_gb`; `fresh`: the last kernel is shut down, a new manager starts
+    the next on its own sockets): the C allocator keeps the holes of an earlier stage's freed tensors (a trim
+    returns their pages, not the layout), so in one kernel each model stage peaked above the last (the study's:
+    4.4 GB in its first training stage, 6.6 GB in its last iteration). Each kernel
+    knows it runs for this pipeline (SELFREWARD_PIPELINE, so that a stage records nothing itself) and where the
+    notebooks are (SELFREWARD_NOTEBOOK_DIR: their run_dir is relative to them)."""
+
+    def __init__(self, sockets: str):
+        self.sockets, self.started, self.manager = sockets, 0, None
+        self.fresh()
+
+    def fresh(self):
+        from jupyter_client.manager import AsyncKernelManager
+
+        self.shut_down()
+        self.started += 1
         # local sockets in a private folder (TCP would also do, but warns that it is unencrypted); an async
         # manager, so that nbclient's client polls for output and for a dead kernel in turn (a blocking client
-        # waits for output forever when the kernel is killed)
-        kernel = AsyncKernelManager(kernel_name=KERNEL, transport="ipc", ip=os.path.join(sockets, "kernel"))
+        # waits for output forever when the kernel is killed). nbclient starts the kernel when a notebook runs.
+        self.manager = AsyncKernelManager(kernel_name=KERNEL, transport="ipc",
+                                          ip=os.path.join(self.sockets, f"kernel-{self.started}"))
+
+    def shut_down(self):
+        from jupyter_core.utils import run_sync
+
+        if self.manager is not None and self.manager.has_kernel:
+            run_sync(self.manager.shutdown_kernel)(now=True)
+
+    def kill(self):
+        """After a failure or Ctrl-C the client's event loop may still hold the interrupted request: a polite
+        shutdown would run it again, so the kernel is killed outright."""
+        process = getattr(self.manager.provisioner, "process", None) if self.manager.has_kernel else None
+        if process is not None:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def _kernel(run_dir: RunDir):
+    """The run's `Kernels`, for the length of a block; the last kernel ends with it."""
+    ensure_kernel()
+    with tempfile.TemporaryDirectory(prefix="selfreward-kernel-") as sockets:
         saved = {k: os.environ.get(k) for k in (notebooks.PIPELINE, notebooks.NOTEBOOK_DIR)}
         os.environ.update({notebooks.PIPELINE: str(os.getpid()), notebooks.NOTEBOOK_DIR: str(run_dir.notebooks.resolve())})
+        kernels = Kernels(sockets)
         try:
-            yield kernel
+            yield kernels
         except BaseException:
-            # after a failure or Ctrl-C the client's event loop may still hold the interrupted request: a
-            # polite shutdown would run it again, so the kernel is killed outright
-            process = getattr(kernel.provisioner, "process", None) if kernel.has_kernel else None
-            if process is not None:
-                process.kill()
-                process.wait()
+            kernels.kill()
             raise
         else:
-            if kernel.has_kernel:
-                run_sync(kernel.shutdown_kernel)(now=True)
+            kernels.shut_down()
         finally:
             for key, value in saved.items():
                 os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)

@@ -9,6 +9,7 @@ instrument (`evaluation.instruments`), and the `results` chapter. Each stage not
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,11 @@ class Stage:
     def report(self) -> bool:
         """A report renders only: re-run every time, records no outputs."""
         return self.kind == "report"
+
+    @property
+    def loads_a_model(self) -> bool:
+        """Whether it loads a model (to train, generate, judge or tokenize): after a heavy one, a fresh kernel."""
+        return "model" in self.sections
 
     @property
     def trains_the_chain(self) -> bool:
@@ -166,7 +172,9 @@ def run_stage(name: str, config: dict | Config, run_dir) -> dict:
     memory.give_back_free_pages()  # the next stage starts from what this one still holds, not from its peak
     if stage.report:
         return counts
-    counts = {**counts, "seconds": round(time.time() - started, 1), "peak_memory": peak.reading}
+    # the process that ran it: a stage that loads a model after a heavy one runs in a fresh kernel (run.pipeline)
+    counts = {**counts, "seconds": round(time.time() - started, 1), "peak_memory": {**peak.reading,
+                                                                                    "process": os.getpid()}}
     write_json(run.counts(name), counts)
     return counts
 

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm  # text bars: papermill streams them to the log
 
 from selfreward import models
+from selfreward.memory import give_back_free_pages
 from selfreward.generation.contract import Engine, Reading, common_prefix_length, register_engine, similar_lengths
 from selfreward.generation.fast.cache import cache_argument, new_cache
 from selfreward.generation.fast.kernels import (blocked_attention_for, head_logits, head_logprobs, sample_top_p,
@@ -231,6 +232,7 @@ class FastBackend(TransformersBackend):
                     probs = self.head_logits(last_hidden).float().softmax(-1)
                     for row, g in enumerate(group):
                         results[batch[g]] = read_options(probs[row], encoded[batch[g]][1])
+                give_back_free_pages()  # as after a generation batch (`TransformersBackend._generate`)
                 bar.update(len(batch))
         return results
 
