@@ -8,6 +8,7 @@ This module is foundation: it imports nothing of selfreward.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -89,15 +90,22 @@ def peak(interval: float = 0.02):
 
 def give_back_free_pages() -> bool:
     """Return the C allocator's free pages to the system (glibc's malloc_trim), where there is glibc."""
+    trim = _malloc_trim()
+    return bool(trim and trim(0))
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (find_library runs ldconfig; trims come after every training step and
+    generation batch); None without glibc."""
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        return bool(libc and libc.malloc_trim(0))
+        return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):
-        return False
+        return None
 
 
 def _cuda() -> bool:

@@ -295,7 +295,6 @@ def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[st
     write_text(run_dir.config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     write_json(run_dir.manifest, record)
     ran: set[str] = set()
-    held = None  # the largest peak of a model stage in this kernel (GB resident); None: none ran in it
     try:
         for stage in stages:
             if stage.name not in wanted:  # not asked for (--only): left as it is
@@ -307,12 +306,9 @@ def _run_stages(cfg: Config, run_dir: RunDir, stages: list[Stage], rerun: set[st
             ran.add(stage.name)
             _warn_if_too_big(cfg, stage, log)
             log(f"[{stage.name}] running {stage.notebook} ({reason})")
-            if stage.loads_a_model and held is not None and held >= fresh_kernel_gb():
-                kernel.fresh()
-                held = None
+            kernel.ready_for(stage)
             _execute(cfg, run_dir, stage, stages, prints[stage.name], record, kernel, log)
-            if stage.loads_a_model:
-                held = max(held or 0.0, record["stages"][stage.name].get("peak_memory", {}).get("rss_gb", 0.0))
+            kernel.ran(stage, record["stages"][stage.name].get("peak_memory", {}).get("rss_gb", 0.0))
     finally:  # what no longer follows from the run folder, however the run ended
         stale = manifest.mark_stale(record, stages, prints)
         record["counts"] = manifest.summary_counts(record)
@@ -423,18 +419,28 @@ class Kernels:
     one gets a kernel of its own (`fresh_kernel_gb`; `fresh`: the last kernel is shut down, a new manager starts
     the next on its own sockets): the C allocator keeps the holes of an earlier stage's freed tensors (a trim
     returns their pages, not the layout), so in one kernel each model stage peaked above the last (the study's:
-    4.4 GB in its first training stage, 6.6 GB in its last iteration). Each kernel
-    knows it runs for this pipeline (SELFREWARD_PIPELINE, so that a stage records nothing itself) and where the
-    notebooks are (SELFREWARD_NOTEBOOK_DIR: their run_dir is relative to them)."""
+    4.4 GB in its first training stage, 6.6 GB in its last iteration). Each kernel knows it runs for this
+    pipeline (SELFREWARD_PIPELINE, so that a stage records nothing itself) and where the notebooks are
+    (SELFREWARD_NOTEBOOK_DIR: their run_dir is relative to them)."""
 
-    def __init__(self, sockets: str):
-        self.sockets, self.started, self.manager = sockets, 0, None
+    def __init__(self, sockets: str, fresh_above_gb: float):
+        self.sockets, self.fresh_above_gb, self.started, self.manager = sockets, fresh_above_gb, 0, None
         self.fresh()
+
+    def ready_for(self, stage: Stage):
+        """A fresh kernel for a stage that loads a model, where a model stage in this one peaked at the bound."""
+        if stage.loads_a_model and self.held is not None and self.held >= self.fresh_above_gb:
+            self.fresh()
+
+    def ran(self, stage: Stage, peak_gb: float):
+        if stage.loads_a_model:
+            self.held = max(self.held or 0.0, peak_gb)
 
     def fresh(self):
         from jupyter_client.manager import AsyncKernelManager
 
         self.shut_down()
+        self.held = None  # the largest peak of a model stage in this kernel (GB resident); None: none ran in it
         self.started += 1
         # local sockets in a private folder (TCP would also do, but warns that it is unencrypted); an async
         # manager, so that nbclient's client polls for output and for a dead kernel in turn (a blocking client
@@ -464,7 +470,7 @@ def _kernel(run_dir: RunDir):
     with tempfile.TemporaryDirectory(prefix="selfreward-kernel-") as sockets:
         saved = {k: os.environ.get(k) for k in (notebooks.PIPELINE, notebooks.NOTEBOOK_DIR)}
         os.environ.update({notebooks.PIPELINE: str(os.getpid()), notebooks.NOTEBOOK_DIR: str(run_dir.notebooks.resolve())})
-        kernels = Kernels(sockets)
+        kernels = Kernels(sockets, fresh_kernel_gb())
         try:
             yield kernels
         except BaseException:
