@@ -1,7 +1,9 @@
 """Peak memory of a stretch of work in this process: the resident set on the CPU (Linux's high-water mark where
 the stretch raised it, else sampled) and, on a GPU, what torch allocated and reserved at most. Each stage records
 it (`run.stages.run_stage`), the manifest keeps it, and the book's stage table and `selfreward compare` show it.
-Training launched in other processes (`launch.num_processes > 1`) is not in it.
+Training launched in other processes (`launch.num_processes > 1`) is not in it. And what keeps the resident set
+near what the work holds: glibc's free pages given back (`give_back_free_pages`), its heap kept lean while a model
+trains (`lean_heap`).
 
 This module is foundation: it imports nothing of selfreward.
 """
@@ -90,20 +92,51 @@ def peak(interval: float = 0.02):
 
 def give_back_free_pages() -> bool:
     """Return the C allocator's free pages to the system (glibc's malloc_trim), where there is glibc."""
-    trim = _malloc_trim()
+    trim = _libc("malloc_trim")
     return bool(trim and trim(0))
 
 
+# glibc serves a block of at least this size from a mapping of its own, given back to the system when freed.
+# Its default threshold moves: each freed mapped block raises it to that block's size, up to 32 MiB, so that a
+# training step's activations soon all come from the heap, where the long-lived ones (the layer inputs kept for
+# recomputation, 2.6 MB each at 4 x 512 tokens of Gemma-3-270M) pin the pages around the transient ones.
+TRAINING_MMAP_THRESHOLD = 3 * 2**20  # benchmarks/bench_heap.json: what 4, 3 and 2 MiB cost and save
+DYNAMIC_MMAP_THRESHOLD_MAX = 32 * 2**20  # where glibc's own threshold ends up in a long-lived process
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+@contextlib.contextmanager
+def lean_heap(mmap_threshold: int = TRAINING_MMAP_THRESHOLD):
+    """For the length of a block (a training: its trainer built, the reference log-probabilities read, its
+    steps), glibc maps blocks of `mmap_threshold` bytes or more on their own; then the threshold goes to 32 MiB,
+    where glibc's own ends up, so that generation afterwards allocates as before, and the free pages go back.
+    Results are the same, bit for bit (benchmarks/bench_heap.py)."""
+    set_mmap_threshold(mmap_threshold)
+    give_back_free_pages()  # glibc maps a block only where the heap's free space cannot hold it
+    try:
+        yield
+    finally:
+        set_mmap_threshold(DYNAMIC_MMAP_THRESHOLD_MAX)
+        give_back_free_pages()
+
+
+def set_mmap_threshold(size: int) -> bool:
+    """Have glibc map blocks of `size` bytes or more on their own (a fixed threshold: glibc stops moving it).
+    False where there is no glibc."""
+    mallopt = _libc("mallopt")
+    return bool(mallopt and mallopt(_M_MMAP_THRESHOLD, int(size)))
+
+
 @functools.cache
-def _malloc_trim():
-    """glibc's malloc_trim, looked up once (find_library runs ldconfig; trims come after every training step and
+def _libc(name: str):
+    """A glibc function, looked up once (find_library runs ldconfig; trims come after every training step and
     generation batch); None without glibc."""
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):
         return None
 

@@ -34,3 +34,37 @@ print(measured.reading["rss_gb"], memory.resident_gb(), memory.resident_peak_gb(
                                                 check=True).stdout.split())
     assert high >= seen + 0.1  # below the process's own high-water mark: only sampling can see it
     assert seen >= now + 0.15  # it saw the 0.2 GB while it lived
+
+
+def test_a_fixed_mmap_threshold_decides_which_blocks_glibc_maps_on_their_own():
+    """`set_mmap_threshold` (what `memory.lean_heap` sets while a model trains). glibc's own threshold moves: once an
+    8 MiB mapped block is freed, a 4 MiB tensor comes from the heap; under a fixed 3 MiB threshold it gets a
+    mapping of its own again, and under 32 MiB it comes from the heap (glibc's mallinfo2 counts the mapped
+    bytes). In a fresh process: a fixed threshold stays for the rest of a process's life."""
+    import subprocess
+    import sys
+
+    script = """
+import ctypes, torch
+from selfreward import memory
+class Info(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+mallinfo2.restype = Info
+def mapped_by(nbytes):
+    memory.give_back_free_pages()  # glibc maps a block only when the heap's free space cannot hold it
+    before = mallinfo2().hblkhd
+    block = torch.empty(nbytes, dtype=torch.uint8)
+    return mallinfo2().hblkhd - before
+mapped_by(8 * 2**20)
+print(mapped_by(4 * 2**20))
+for size in (memory.TRAINING_MMAP_THRESHOLD, memory.DYNAMIC_MMAP_THRESHOLD_MAX):
+    assert memory.set_mmap_threshold(size)
+    print(mapped_by(4 * 2**20))
+"""
+    glibc_moved, fixed_training, fixed_dynamic_max = map(int, subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split())
+    assert glibc_moved == 0
+    assert fixed_training >= 4 * 2**20
+    assert fixed_dynamic_max == 0

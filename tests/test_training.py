@@ -239,6 +239,31 @@ def test_dpo_reference_is_a_deterministic_eval_mode_forward_of_the_starting_mode
     assert trainer._metrics["eval"]["rewards/margins"][-1] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_the_reference_cache_key_is_a_digest_of_the_weights_without_copies(tiny_model_dir, tmp_path):
+    """`lean.weights_digest`: the same weights give the same digest (in every process of a launch, which share the
+    cached reference log-probabilities by it), one changed value a different one; a lean DPO trainer is keyed by
+    it and TRL's own `hash_module` is back in place once the trainer is built."""
+    import sys
+
+    from trl import DPOTrainer
+
+    from selfreward.method.lean import weights_digest
+
+    first, second = (load_model(tiny_model_dir, "bfloat16", "cpu") for _ in range(2))
+    assert weights_digest(first) == weights_digest(second)
+    with torch.no_grad():
+        next(second.parameters()).view(-1)[0] += 1
+    assert weights_digest(first) != weights_digest(second)
+    trl_dpo = sys.modules[DPOTrainer.__module__]
+    trl_hash = trl_dpo.hash_module
+    model_cfg = ModelConfig(spec="tiny", dtype="float32", finetune="full", device="cpu")
+    pairs = [{"prompt": "Name a prime number.", "chosen": "Seven.", "rejected": "Eight, which is even."}]
+    trainer = dpo_trainer(tiny_model_dir, pairs, DPOConfig(batch_size=1, per_device_batch_size=1, max_length=64),
+                          model_cfg, str(tmp_path))
+    assert trainer._precompute_model_hash == weights_digest(trainer.ref_model or trainer.model)
+    assert trl_dpo.hash_module is trl_hash
+
+
 def test_similar_length_sampler_is_a_random_permutation_with_little_padding():
     lengths = torch.randint(10, 400, (96,), generator=torch.Generator().manual_seed(0)).tolist()
     sampler = SimilarLengthSampler(lengths, batch_size=4, seed=0)
