@@ -17,9 +17,8 @@ import json
 import multiprocessing
 import statistics
 import tempfile
-import time
 
-from bench_train import oasst_rows
+from bench_train import StepTimer, oasst_rows
 
 from selfreward import memory, models
 from selfreward.config import DPOConfig, ModelConfig, TrainConfig
@@ -38,11 +37,11 @@ def one_variant(kind: str, threshold: int | None, path: str, rows: list[dict], a
     heap = memory.lean_heap(threshold) if threshold else contextlib.nullcontext()  # as `training.train_here`
     with tempfile.TemporaryDirectory() as scratch, heap:
         trainer = build(path, rows, cfg, model_cfg, scratch, 0)
-        seconds = []
-        trainer.add_callback(type("Timer", (TrainerCallback,), {
-            "on_step_begin": lambda *_, **__: seconds.append(-time.perf_counter()),
-            "on_step_end": lambda *_, **__: seconds.__setitem__(-1, seconds[-1] + time.perf_counter())}))
+        timer = StepTimer()
+        trainer.add_callback(type("Timer", (TrainerCallback,), {"on_step_begin": timer.on_step_begin,
+                                                                 "on_step_end": timer.on_step_end}))
         trainer.train()
+    seconds = timer.seconds
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     queue.put({"seconds_per_step": round(statistics.median(seconds[1:]), 2), "steps": len(seconds),
                "training_seconds": round(sum(seconds), 1),
